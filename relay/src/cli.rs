@@ -1,0 +1,86 @@
+//! Command line: `v86-relay [serve flags]` runs the relay; `v86-relay tap ...` attaches a
+//! host TAP device to a LAN. Every flag can also come from its `V86_RELAY_*` variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "v86-relay",
+    version,
+    about = "Network relay and virtual LANs for v86 browser VMs"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Log filter (tracing syntax), e.g. `info` or `relay=debug`.
+    #[arg(long, env = "V86_RELAY_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach a host TAP device to a LAN of a running relay.
+    Tap(TapArgs),
+}
+
+/// Flags of the relay itself. Each overrides the same key of the config file.
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// TOML config file; see config.example.toml for every key.
+    #[arg(long, env = "V86_RELAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address for WebSocket clients (and /healthz). [default: 0.0.0.0:8086]
+    #[arg(long, env = "V86_RELAY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address for Prometheus /metrics, or `off`. [default: 127.0.0.1:9186]
+    #[arg(long, env = "V86_RELAY_METRICS_LISTEN")]
+    pub metrics_listen: Option<MetricsListen>,
+    /// Largest Ethernet frame accepted, in bytes (header included). [default: 65549]
+    #[arg(long, env = "V86_RELAY_MAX_FRAME_SIZE")]
+    pub max_frame_size: Option<usize>,
+    /// Frames each port may have queued before further frames to it are dropped. [default: 256]
+    #[arg(long, env = "V86_RELAY_PORT_QUEUE_FRAMES")]
+    pub port_queue_frames: Option<usize>,
+    /// Most concurrent client connections. [default: 20000]
+    #[arg(long, env = "V86_RELAY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a learned MAC address lives without traffic. [default: 300]
+    #[arg(long, env = "V86_RELAY_MAC_AGING_SECS")]
+    pub mac_aging_secs: Option<u64>,
+}
+
+/// `--metrics-listen ADDR` or `--metrics-listen off`.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+impl FromStr for MetricsListen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(MetricsListen(None));
+        }
+        s.parse().map(|a| MetricsListen(Some(a))).map_err(|_| {
+            format!("`{s}` is not an address: use IP:PORT such as 127.0.0.1:9186, or `off`")
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TapArgs {
+    /// The relay LAN to join, e.g. ws://127.0.0.1:8086/lan/NAME.
+    #[arg(long, env = "V86_RELAY_TAP_URL")]
+    pub url: String,
+    /// TAP device name; attached if it exists, created otherwise.
+    #[arg(long, env = "V86_RELAY_TAP_DEV", default_value = "tap0")]
+    pub dev: String,
+    /// Network namespace (a name under /run/netns) the TAP device lives in. The WebSocket
+    /// still connects from the namespace this command runs in.
+    #[arg(long, env = "V86_RELAY_TAP_NETNS")]
+    pub netns: Option<String>,
+}

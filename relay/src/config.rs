@@ -1,0 +1,314 @@
+//! Configuration: built-in defaults, then the TOML file (`--config`), then flags and
+//! `V86_RELAY_*` variables. Every mistake is reported at start-up with the key and the fix.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::ServeArgs;
+
+/// Largest Ethernet frame v86 can produce: virtio allows a 65535-byte MTU plus the header.
+pub const MAX_FRAME_SIZE_LIMIT: usize = 65535 + 14;
+/// Smallest useful frame limit: a full standard frame must always fit.
+pub const MIN_FRAME_SIZE_LIMIT: usize = 1514;
+
+/// The whole relay configuration, as the file spells it. See `config.example.toml`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub limits: LimitsConfig,
+    pub switch: SwitchSection,
+    pub websocket: WebSocketConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics`; on its own listener so a public relay does not publish it.
+    pub metrics_listen: Option<SocketAddr>,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_frame_size: usize,
+    pub port_queue_frames: usize,
+    pub max_connections: usize,
+    pub max_ports_per_lan: usize,
+    pub max_lans: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SwitchSection {
+    pub mac_aging_secs: u64,
+    pub max_macs_per_port: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    pub ping_interval_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub read_buffer_bytes: usize,
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8086)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9186))),
+            shutdown_grace_secs: 5,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_size: MAX_FRAME_SIZE_LIMIT,
+            port_queue_frames: 256,
+            max_connections: 20_000,
+            max_ports_per_lan: 1024,
+            max_lans: 10_000,
+        }
+    }
+}
+
+impl Default for SwitchSection {
+    fn default() -> Self {
+        Self {
+            mac_aging_secs: 300,
+            max_macs_per_port: 64,
+        }
+    }
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval_secs: 30,
+            idle_timeout_secs: 90,
+            // Small on purpose: tungstenite zero-fills its whole read buffer, so this is
+            // most of an idle client's memory. Reads still take many small frames at once.
+            read_buffer_bytes: 4096,
+            write_buffer_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// A configuration mistake, worded for the person who made it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}. Check the path given with --config.")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "config file {path} is not valid: {message}See config.example.toml for every key and its meaning."
+    )]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}` = {value}: {problem}; {fix}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        problem: &'static str,
+        fix: String,
+    },
+}
+
+impl Config {
+    /// Defaults, then the file, then the flags; then checks the result.
+    pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let mut config = match &args.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply_flags(args);
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    fn apply_flags(&mut self, args: &ServeArgs) {
+        if let Some(listen) = args.listen {
+            self.server.listen = listen;
+        }
+        if let Some(metrics) = &args.metrics_listen {
+            self.server.metrics_listen = metrics.0;
+        }
+        if let Some(v) = args.max_frame_size {
+            self.limits.max_frame_size = v;
+        }
+        if let Some(v) = args.port_queue_frames {
+            self.limits.port_queue_frames = v;
+        }
+        if let Some(v) = args.max_connections {
+            self.limits.max_connections = v;
+        }
+        if let Some(v) = args.mac_aging_secs {
+            self.switch.mac_aging_secs = v;
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(
+            key: &'static str,
+            value: impl ToString,
+            problem: &'static str,
+            fix: impl Into<String>,
+        ) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid {
+                key,
+                value: value.to_string(),
+                problem,
+                fix: fix.into(),
+            })
+        }
+        let l = &self.limits;
+        if !(MIN_FRAME_SIZE_LIMIT..=MAX_FRAME_SIZE_LIMIT).contains(&l.max_frame_size) {
+            return invalid(
+                "limits.max_frame_size",
+                l.max_frame_size,
+                "out of range",
+                format!(
+                    "use a value from {MIN_FRAME_SIZE_LIMIT} (MTU 1500) to {MAX_FRAME_SIZE_LIMIT} (virtio's largest MTU)"
+                ),
+            );
+        }
+        if !(1..=65536).contains(&l.port_queue_frames) {
+            return invalid(
+                "limits.port_queue_frames",
+                l.port_queue_frames,
+                "a port needs a queue of 1 to 65536 frames",
+                "256 suits v86, which itself queues up to 128 frames",
+            );
+        }
+        if l.max_connections == 0 {
+            return invalid(
+                "limits.max_connections",
+                0,
+                "no client could connect",
+                "set at least 1 (the default is 20000)",
+            );
+        }
+        if l.max_ports_per_lan < 2 {
+            return invalid(
+                "limits.max_ports_per_lan",
+                l.max_ports_per_lan,
+                "a LAN needs at least two machines to be useful",
+                "set at least 2 (the default is 1024)",
+            );
+        }
+        if l.max_lans == 0 {
+            return invalid(
+                "limits.max_lans",
+                0,
+                "no LAN could be created",
+                "set at least 1",
+            );
+        }
+        if self.switch.mac_aging_secs == 0 {
+            return invalid(
+                "switch.mac_aging_secs",
+                0,
+                "addresses would be forgotten at once and every frame would flood",
+                "use 300 (the usual bridge default) or at least 10",
+            );
+        }
+        if self.switch.max_macs_per_port == 0 {
+            return invalid(
+                "switch.max_macs_per_port",
+                0,
+                "no machine could send",
+                "set at least 1 (the default is 64)",
+            );
+        }
+        let ws = &self.websocket;
+        if ws.ping_interval_secs == 0 || ws.idle_timeout_secs <= ws.ping_interval_secs {
+            return invalid(
+                "websocket.idle_timeout_secs",
+                ws.idle_timeout_secs,
+                "must be longer than websocket.ping_interval_secs (which must be over 0)",
+                "keep the defaults 30 and 90, or e.g. 10 and 30",
+            );
+        }
+        if !(256..=1 << 20).contains(&ws.read_buffer_bytes) {
+            return invalid(
+                "websocket.read_buffer_bytes",
+                ws.read_buffer_bytes,
+                "out of range",
+                "use 256 to 1048576; 4096 keeps idle clients small",
+            );
+        }
+        if !(256..=1 << 20).contains(&ws.write_buffer_bytes) {
+            return invalid(
+                "websocket.write_buffer_bytes",
+                ws.write_buffer_bytes,
+                "out of range",
+                "use 256 to 1048576",
+            );
+        }
+        Ok(())
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.websocket.ping_interval_secs)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.websocket.idle_timeout_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.server.shutdown_grace_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_is_the_default() {
+        let text = include_str!("../../config.example.toml");
+        let parsed = Config::from_toml(text).expect("example parses");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("[limits]\nmax_frame_sise = 2000\n").unwrap_err();
+        assert!(err.contains("max_frame_sise"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_fix() {
+        let mut config = Config::default();
+        config.limits.port_queue_frames = 0;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.port_queue_frames"), "{err}");
+        assert!(err.contains("256"), "{err}");
+    }
+}

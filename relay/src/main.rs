@@ -1,0 +1,66 @@
+use clap::Parser;
+use relay::cli::{Cli, Command};
+use relay::{Config, Relay};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
+        eprintln!(
+            "v86-relay: --log {:?} is not a valid filter ({e}); using `info`",
+            cli.log
+        );
+        EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("v86-relay: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Some(Command::Tap(args)) => relay::tap::run(args).await,
+            None => serve(cli.serve).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("v86-relay: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: relay::cli::ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args)?;
+    let relay = Relay::start(config).await?;
+    tracing::info!(
+        "v86-relay listening on ws://{}/ (LAN default) and ws://{}/lan/NAME",
+        relay.listen_addr,
+        relay.listen_addr
+    );
+    if let Some(addr) = relay.metrics_addr {
+        tracing::info!("metrics on http://{addr}/metrics");
+    }
+    wait_for_signal().await?;
+    tracing::info!("shutting down: closing client connections");
+    if !relay.shutdown().await {
+        tracing::warn!("some connections did not close within the grace period");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

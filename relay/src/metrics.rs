@@ -1,0 +1,154 @@
+//! Prometheus metrics, computed from the LAN registry when scraped, so the hot path only
+//! bumps uncontended per-port atomics. Labels are bounded: transport and drop reason only,
+//! never a MAC, an IP or a LAN name.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::lan::{DropReason, LanRegistry, TrafficSnapshot};
+
+#[derive(Debug)]
+struct RelayCollector {
+    lans: Arc<LanRegistry>,
+}
+
+/// The registry behind `/metrics`.
+pub fn registry(lans: Arc<LanRegistry>) -> Registry {
+    let mut registry = Registry::with_prefix("v86_relay");
+    registry.register_collector(Box::new(RelayCollector { lans }));
+    registry
+}
+
+/// Renders the registry in the Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: usize,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(value as i64);
+    metric.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+fn per_transport(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    rows: &[(&'static str, TrafficSnapshot)],
+    value: impl Fn(&TrafficSnapshot) -> u64,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (transport, snapshot) in rows {
+        let labels = [("transport", *transport)];
+        let encoder = family.encode_family(&labels)?;
+        match metric_type {
+            MetricType::Gauge => ConstGauge::new(value(snapshot) as i64).encode(encoder)?,
+            _ => ConstCounter::new(value(snapshot)).encode(encoder)?,
+        }
+    }
+    Ok(())
+}
+
+impl Collector for RelayCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snapshot = self.lans.snapshot();
+        gauge(
+            &mut encoder,
+            "lans",
+            "Virtual LANs with at least one machine",
+            snapshot.lans,
+        )?;
+        gauge(
+            &mut encoder,
+            "ports",
+            "Switch ports (connected machines)",
+            snapshot.ports,
+        )?;
+        gauge(
+            &mut encoder,
+            "mac_table_entries",
+            "Learned MAC addresses over all LANs",
+            snapshot.mac_entries,
+        )?;
+        let rows: Vec<_> = snapshot
+            .by_transport
+            .iter()
+            .map(|(t, s)| (t.as_str(), *s))
+            .collect();
+        use MetricType::{Counter, Gauge};
+        per_transport(
+            &mut encoder,
+            "connections",
+            "Open client connections",
+            Gauge,
+            &rows,
+            |s| s.connections,
+        )?;
+        per_transport(
+            &mut encoder,
+            "connections_opened",
+            "Client connections accepted",
+            Counter,
+            &rows,
+            |s| s.connections_opened,
+        )?;
+        per_transport(
+            &mut encoder,
+            "frames_received",
+            "Frames received from clients",
+            Counter,
+            &rows,
+            |s| s.frames_in,
+        )?;
+        per_transport(
+            &mut encoder,
+            "bytes_received",
+            "Frame bytes received from clients",
+            Counter,
+            &rows,
+            |s| s.bytes_in,
+        )?;
+        per_transport(
+            &mut encoder,
+            "frames_sent",
+            "Frames sent to clients",
+            Counter,
+            &rows,
+            |s| s.frames_out,
+        )?;
+        per_transport(
+            &mut encoder,
+            "bytes_sent",
+            "Frame bytes sent to clients",
+            Counter,
+            &rows,
+            |s| s.bytes_out,
+        )?;
+        let mut drops = encoder.encode_descriptor(
+            "frames_dropped",
+            "Frames dropped, by reason",
+            None,
+            Counter,
+        )?;
+        for reason in DropReason::all() {
+            let labels = [("reason", reason.as_str())];
+            ConstCounter::new(self.lans.totals().drops(reason))
+                .encode(drops.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,202 @@
+//! The relay's listeners: clients (WebSocket, /healthz) on `--listen`, Prometheus on
+//! `--metrics-listen`. [`Relay::start`] binds both and returns at once, so tests and the
+//! binary share one code path.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{Path, State, WebSocketUpgrade};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::lan::{LanName, LanRegistry};
+use crate::metrics;
+use crate::transport::websocket;
+
+/// What every request handler and connection task shares.
+#[derive(Debug)]
+pub struct AppState {
+    pub config: Config,
+    pub lans: Arc<LanRegistry>,
+    /// Cancelled once on SIGTERM/SIGINT: connections close with 1001.
+    pub shutdown: CancellationToken,
+    /// Every connection task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+}
+
+/// A running relay.
+#[derive(Debug)]
+pub struct Relay {
+    pub app: Arc<AppState>,
+    pub listen_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    servers: TaskTracker,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "cannot listen on {addr} ({key}): {source}. Pick a free address with --{flag} or stop the program using it."
+    )]
+    Bind {
+        addr: SocketAddr,
+        key: &'static str,
+        flag: &'static str,
+        source: std::io::Error,
+    },
+}
+
+impl Relay {
+    /// Binds the listeners and starts serving in the background.
+    pub async fn start(config: Config) -> Result<Relay, StartError> {
+        let lans = LanRegistry::new(&config);
+        let app = Arc::new(AppState {
+            config,
+            lans: lans.clone(),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        let servers = TaskTracker::new();
+
+        let listen = app.config.server.listen;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: listen,
+                key: "server.listen",
+                flag: "listen",
+                source,
+            })?;
+        let listen_addr = listener.local_addr().unwrap_or(listen);
+        let shutdown = app.shutdown.clone();
+        let router = client_router(app.clone());
+        servers.spawn(async move {
+            let serve = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await });
+            if let Err(error) = serve.await {
+                tracing::error!("client listener failed: {error}");
+            }
+        });
+
+        let mut metrics_addr = None;
+        if let Some(addr) = app.config.server.metrics_listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr,
+                    key: "server.metrics_listen",
+                    flag: "metrics-listen",
+                    source,
+                })?;
+            metrics_addr = Some(listener.local_addr().unwrap_or(addr));
+            let router = metrics_router(Arc::new(metrics::registry(lans.clone())));
+            let shutdown = app.shutdown.clone();
+            servers.spawn(async move {
+                let serve = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await });
+                if let Err(error) = serve.await {
+                    tracing::error!("metrics listener failed: {error}");
+                }
+            });
+        }
+
+        // MAC aging runs on wall time even when no frame arrives.
+        let sweeper_app = app.clone();
+        servers.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = sweeper_app.shutdown.cancelled() => break,
+                    _ = tick.tick() => sweeper_app.lans.handle_timeouts(Instant::now()),
+                }
+            }
+        });
+        servers.close();
+
+        Ok(Relay {
+            app,
+            listen_addr,
+            metrics_addr,
+            servers,
+        })
+    }
+
+    /// Stops accepting, closes every client with 1001 and waits for them, at most the
+    /// configured grace period. Returns false when clients were still open at the deadline.
+    pub async fn shutdown(self) -> bool {
+        self.app.shutdown.cancel();
+        self.app.tasks.close();
+        let grace = self.app.config.shutdown_grace();
+        let done = async {
+            self.app.tasks.wait().await;
+            self.servers.wait().await;
+        };
+        tokio::time::timeout(grace, done).await.is_ok()
+    }
+}
+
+fn client_router(app: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(join_default))
+        .route("/lan/{name}", get(join_named))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(app)
+}
+
+fn metrics_router(registry: Arc<Registry>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let registry = registry.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics::render(&registry),
+                )
+            }
+        }),
+    )
+}
+
+async fn join_default(
+    State(app): State<Arc<AppState>>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match ws {
+        Ok(ws) => websocket::upgrade(app, LanName::default_lan(), ws),
+        Err(_) => (
+            StatusCode::OK,
+            "v86-relay is running.\nPoint v86 at it: net_device: { type: \"virtio\", relay_url: \"ws://THIS-HOST/lan/NAME\" }\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn join_named(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let lan = match LanName::new(&name) {
+        Ok(lan) => lan,
+        Err(invalid) => return websocket::bad_request(invalid),
+    };
+    match ws {
+        Ok(ws) => websocket::upgrade(app, lan, ws),
+        Err(rejection) => websocket::bad_request(format!(
+            "{rejection}: /lan/{lan} is a WebSocket endpoint; connect with ws://"
+        )),
+    }
+}

@@ -1,0 +1,4 @@
+//! Transports: each turns a client connection into a [`crate::lan::Port`] and drains that
+//! port's queue back to the client.
+
+pub mod websocket;

@@ -1,0 +1,166 @@
+//! v86's WebSocket protocol: one binary message is one Ethernet frame, both ways, with no
+//! header and no handshake. v86 sends nothing on open and reconnects as a brand-new socket
+//! after a drop, so every connection is simply a new port.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::lan::{DropReason, LanName, Port, PortReceiver, Transport};
+use crate::server::AppState;
+
+/// Close code "going away" (RFC 6455): the relay is shutting down.
+const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code "try again later" (RFC 6455 registry): a relay limit refused the join.
+const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+/// Most queued frames written before one flush: amortises syscalls over bursts.
+const WRITE_BATCH: usize = 64;
+
+/// Upgrades an HTTP request to a WebSocket client of LAN `lan`.
+pub fn upgrade(app: Arc<AppState>, lan: LanName, ws: WebSocketUpgrade) -> Response {
+    let config = &app.config;
+    let max_frame = config.limits.max_frame_size;
+    let tracker = app.tasks.clone();
+    ws.read_buffer_size(config.websocket.read_buffer_bytes)
+        .write_buffer_size(config.websocket.write_buffer_bytes)
+        // Room above the frame limit, so an oversized frame is dropped and counted while
+        // the connection stays open; beyond this the message is refused outright.
+        .max_message_size(max_frame + 64 * 1024)
+        .max_frame_size(max_frame + 64 * 1024)
+        .on_upgrade(move |socket| tracker.track_future(serve(app, lan, socket)))
+        .into_response()
+}
+
+pub fn bad_request(reason: impl ToString) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{}\n", reason.to_string())).into_response()
+}
+
+async fn serve(app: Arc<AppState>, lan: LanName, mut socket: WebSocket) {
+    let (port, queue) = match app.lans.join(&lan, Transport::WebSocket) {
+        Ok(joined) => joined,
+        Err(refused) => {
+            tracing::warn!(%lan, "connection refused: {refused}");
+            let close = CloseFrame {
+                code: CLOSE_TRY_AGAIN_LATER,
+                reason: refused.to_string().into(),
+            };
+            let _ = socket.send(Message::Close(Some(close))).await;
+            return;
+        }
+    };
+    tracing::debug!(%lan, port = %port.id(), "websocket client joined");
+    let (sink, stream) = socket.split();
+    let stop = app.shutdown.child_token();
+    let base = Instant::now();
+    // Milliseconds after `base` the client was last heard from; read by the idle check.
+    let last_heard = AtomicU64::new(0);
+    let writer = tokio::spawn(write_loop(
+        sink,
+        queue,
+        app.clone(),
+        stop.clone(),
+        port.counters_handle(),
+    ));
+    read_loop(stream, &port, &app, &stop, base, &last_heard).await;
+    stop.cancel();
+    let _ = writer.await;
+    tracing::debug!(%lan, port = %port.id(), "websocket client left");
+}
+
+async fn read_loop(
+    mut stream: futures_util::stream::SplitStream<WebSocket>,
+    port: &Port,
+    app: &AppState,
+    stop: &CancellationToken,
+    base: Instant,
+    last_heard: &AtomicU64,
+) {
+    let idle_timeout = app.config.idle_timeout();
+    loop {
+        let heard = base + Duration::from_millis(last_heard.load(Relaxed));
+        let message = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until((heard + idle_timeout).into()) => {
+                tracing::info!(port = %port.id(), "client silent for {idle_timeout:?}: dropped");
+                return;
+            }
+            message = stream.next() => message,
+        };
+        let now = Instant::now();
+        match message {
+            Some(Ok(Message::Binary(frame))) => port.ingress(now, frame),
+            Some(Ok(Message::Text(_))) => port.count_drop(DropReason::TextMessage),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Close(_))) | None => return,
+            Some(Err(error)) => {
+                tracing::debug!(port = %port.id(), "websocket error: {error}");
+                return;
+            }
+        }
+        last_heard.store(now.duration_since(base).as_millis() as u64, Relaxed);
+    }
+}
+
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut queue: PortReceiver,
+    app: Arc<AppState>,
+    stop: CancellationToken,
+    counters: Arc<crate::lan::PortCounters>,
+) {
+    let interval = app.config.ping_interval();
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            frame = queue.recv() => {
+                let Some(frame) = frame else { break };
+                let write = async {
+                    counters.count_out(frame.len());
+                    sink.feed(Message::Binary(frame)).await?;
+                    for _ in 1..WRITE_BATCH {
+                        let Ok(frame) = queue.try_recv() else { break };
+                        counters.count_out(frame.len());
+                        sink.feed(Message::Binary(frame)).await?;
+                    }
+                    sink.flush().await
+                };
+                // A client that stops reading blocks this write; it must not block shutdown.
+                let result = tokio::select! {
+                    result = write => result,
+                    _ = stop.cancelled() => break,
+                };
+                if result.is_err() {
+                    stop.cancel();
+                    return;
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    stop.cancel();
+                    return;
+                }
+            }
+        }
+    }
+    if app.shutdown.is_cancelled() {
+        let close = CloseFrame {
+            code: CLOSE_GOING_AWAY,
+            reason: "relay shutting down".into(),
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            sink.send(Message::Close(Some(close))),
+        )
+        .await;
+    } else {
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    }
+}

@@ -1,0 +1,163 @@
+//! Real Linux network stacks for tests: network namespaces whose TAP device is attached to
+//! a relay LAN with `v86-relay tap`. Everything made here is removed on drop; processes are
+//! killed by PID.
+
+use std::fs::File;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// True when the test may use namespaces. Without root it skips with a message, unless
+/// `V86_RELAY_REQUIRE_ROOT=1` (set by `.ci/run`) turns the skip into a failure.
+pub fn root_or_skip(test: &str) -> bool {
+    let uid = Command::new("id").arg("-u").output().map(|o| o.stdout);
+    if uid.as_ref().is_ok_and(|out| out == b"0\n") {
+        return true;
+    }
+    if std::env::var("V86_RELAY_REQUIRE_ROOT").as_deref() == Ok("1") {
+        panic!(
+            "{test} needs root for network namespaces and TAP devices, and V86_RELAY_REQUIRE_ROOT=1 forbids skipping it"
+        );
+    }
+    eprintln!(
+        "SKIPPED {test}: needs root for network namespaces and TAP devices (run the tests as root)"
+    );
+    false
+}
+
+pub fn run(args: &[&str]) -> std::process::Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+}
+
+pub fn must(args: &[&str]) {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace with a TAP device `tap0` holding `cidr`.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("v86t-{tag}-{}", std::process::id());
+        let _ = run(&["ip", "netns", "del", &name]);
+        must(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn with_tap(tag: &str, cidr: &str) -> Netns {
+        let ns = Netns::new(tag);
+        ns.ip(&["tuntap", "add", "dev", "tap0", "mode", "tap"]);
+        ns.ip(&["addr", "add", cidr, "dev", "tap0"]);
+        ns.ip(&["link", "set", "tap0", "up"]);
+        ns
+    }
+
+    pub fn ip(&self, args: &[&str]) {
+        let mut full = vec!["ip", "-n", &self.name];
+        full.extend_from_slice(args);
+        must(&full);
+    }
+
+    pub fn exec(&self, args: &[&str]) -> std::process::Output {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+
+    /// Pings `addr` until it answers or `within` passes.
+    pub fn ping_ok(&self, addr: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self
+                .exec(&["ping", "-c", "1", "-W", "1", addr])
+                .status
+                .success()
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Runs `f` on a thread inside this namespace (sockets it opens live here).
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let ns = File::open(format!("/run/netns/{}", self.name)).expect("open netns");
+        std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+/// A child process killed (by PID) when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn relay_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_v86-relay")
+}
+
+/// A free loopback port (bound then released; the relay binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts the relay binary on loopback with extra flags; waits until it accepts.
+pub fn start_relay(extra: &[&str]) -> (Proc, u16) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new(relay_bin())
+        .args(["--listen", &listen, "--metrics-listen", "off"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start relay");
+    let proc = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&listen).is_err() {
+        assert!(Instant::now() < deadline, "relay did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (proc, port)
+}
+
+/// `v86-relay tap` attaching `ns`'s tap0 to LAN `lan`.
+pub fn attach_tap(port: u16, lan: &str, ns: &Netns) -> Proc {
+    let url = format!("ws://127.0.0.1:{port}/lan/{lan}");
+    let child = Command::new(relay_bin())
+        .args(["tap", "--url", &url, "--dev", "tap0", "--netns", &ns.name])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start v86-relay tap");
+    Proc(child)
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The project's test command (README). Installs what the tests need, builds once, runs
+# every suite, builds the fuzz targets, and prints each suite's summary line at the end.
+# Tests that need root skip without it; V86_RELAY_REQUIRE_ROOT=1 (set by .ci/run) makes
+# such a skip a failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+scripts/setup-test-deps.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
+cargo build --workspace --all-targets --locked --quiet
+status=0
+cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
+scripts/build-fuzz.sh || status=$?
+
+echo
+echo "== summary =="
+grep -E '^\s+Running |^test result:' "$log" | sed -E 's/^\s+Running ([^ ]+).*/\1/' | paste - - || true
+if grep -q '^SKIPPED' "$log"; then grep '^SKIPPED' "$log"; fi
+exit $status
