@@ -1,0 +1,718 @@
+//! The gateway state machine: classifies frames, answers ARP and ping itself, and hands
+//! DHCP and DNS to their crates.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Instant;
+
+use dhcp::{DhcpServer, LeaseEvent, LeaseSnapshot, ReplyTarget, RestoreReport};
+use dns::{ClientId, DnsProxy, Transport, UpstreamId, UpstreamQuery, UpstreamResult};
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, ETHERNET_HEADER_LEN, EthernetAddress, EthernetFrame,
+    EthernetProtocol, EthernetRepr, IPV4_HEADER_LEN, Icmpv4Message, Icmpv4Packet, Icmpv4Repr,
+    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    UDP_HEADER_LEN, UdpPacket, UdpRepr,
+};
+
+use crate::config::GatewayConfig;
+use crate::neighbors::NeighborCache;
+
+/// TTL of every packet we emit (Linux's default).
+pub const TTL: u8 = 64;
+/// Frames we emit are padded to the Ethernet minimum (without FCS), as a real NIC would.
+pub const MIN_FRAME_LEN: usize = 60;
+/// Lease events kept for [`Gateway::poll_lease_event`]; the oldest are dropped beyond.
+pub const MAX_PENDING_LEASE_EVENTS: usize = dhcp::MAX_PENDING_EVENTS;
+
+const DHCP_SERVER_PORT: u16 = 67;
+const DHCP_CLIENT_PORT: u16 = 68;
+const DNS_PORT: u16 = 53;
+
+/// Counters (monotonic) and two gauges. Every frame given to [`Gateway::handle_frame`]
+/// ends up in exactly one of `arp_replies`, `icmp_echo_replies`, `dhcp_messages`,
+/// `dns_queries`, `dns_tcp_reset`, `not_routed`, `fragments`, `malformed` or `ignored`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GatewayStats {
+    /// ARP requests for the gateway or DNS address answered.
+    pub arp_replies: u64,
+    /// ICMP echo requests to the gateway or DNS address answered.
+    pub icmp_echo_replies: u64,
+    /// UDP payloads handed to the DHCP server (its own stats say what became of them).
+    pub dhcp_messages: u64,
+    /// UDP payloads handed to the DNS proxy.
+    pub dns_queries: u64,
+    /// IPv4 to any other destination, dropped until NAT routes it.
+    pub not_routed: u64,
+    /// Bad Ethernet/ARP/IPv4/UDP/TCP/ICMP header or checksum, truncated, or a martian
+    /// (broadcast, multicast, or one of our own) source address.
+    pub malformed: u64,
+    /// Not for us: other MACs, multicast, other ethertypes, ARP for other hosts or ARP
+    /// replies, other protocols and ports on our addresses, broadcasts that are not DHCP.
+    pub ignored: u64,
+    /// TCP segments to DNS port 53 answered with RST (no DNS over TCP yet).
+    pub dns_tcp_reset: u64,
+    /// IPv4 fragments to our addresses (nothing we serve needs reassembly).
+    pub fragments: u64,
+    /// Frames not queued because the output queue was full.
+    pub queue_drops: u64,
+    /// Late DNS answers whose client address is not in the neighbour cache.
+    pub no_neighbor: u64,
+    /// Answers not sent because they would exceed the MTU (e.g. a DNS `max_udp_payload`
+    /// above MTU - 28, or an oversized ping).
+    pub oversized: u64,
+    /// Lease events dropped because [`Gateway::poll_lease_event`] was not drained.
+    pub lease_events_dropped: u64,
+    /// Gauge: neighbour cache entries.
+    pub neighbors: usize,
+    /// Gauge: frames waiting in [`Gateway::poll_frame`].
+    pub queued_frames: usize,
+}
+
+/// The router port of one LAN. See the crate documentation for the driving loop.
+#[derive(Debug)]
+pub struct Gateway {
+    config: GatewayConfig,
+    dhcp: DhcpServer,
+    dns: DnsProxy,
+    neighbors: NeighborCache,
+    /// Host name published to DNS per leased address, so a lease that loses its name (a
+    /// `Bound` event without one) can be withdrawn. Bounded by the DHCP lease table.
+    published: HashMap<Ipv4Addr, String>,
+    frames: VecDeque<Vec<u8>>,
+    lease_events: VecDeque<LeaseEvent>,
+    stats: GatewayStats,
+}
+
+/// Where an IPv4 packet that reached the gateway port is headed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Destination {
+    /// The gateway or DNS address.
+    Local,
+    /// 255.255.255.255 or the subnet broadcast.
+    Broadcast,
+    Multicast,
+    /// Anything else: the NAT's business.
+    Elsewhere,
+}
+
+impl Gateway {
+    /// A gateway for one LAN. Call [`GatewayConfig::validate`] first: `new` never fails,
+    /// and an invalid config gives a gateway that answers nothing useful.
+    ///
+    /// `dhcp` should hand out `config.gateway_ip` as router and `config.dns_ip` as DNS
+    /// server, and `dns.max_udp_payload` should be at most `mtu - 28`.
+    pub fn new(config: GatewayConfig, dhcp: DhcpServer, dns: DnsProxy) -> Self {
+        let mut gateway = Self {
+            neighbors: NeighborCache::new(config.max_neighbors),
+            config,
+            dhcp,
+            dns,
+            published: HashMap::new(),
+            frames: VecDeque::new(),
+            lease_events: VecDeque::new(),
+            stats: GatewayStats::default(),
+        };
+        // The server may come with leases already (restored before it was handed over).
+        gateway.republish_leases();
+        gateway.sync_leases();
+        gateway
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// Every frame the LAN's switch delivers to the gateway port: broadcasts (ARP, DHCP
+    /// discover) and unicast to the gateway MAC. Frames for other MACs are ignored.
+    pub fn handle_frame(&mut self, now: Instant, frame: &[u8]) {
+        self.sync_leases();
+        self.dispatch_frame(now, frame);
+        self.drain_dns_answers();
+        self.sync_leases();
+        self.stats.neighbors = self.neighbors.len();
+    }
+
+    /// The next frame to put on the LAN (source MAC = `gateway_mac`).
+    pub fn poll_frame(&mut self) -> Option<Vec<u8>> {
+        let frame = self.frames.pop_front();
+        self.stats.queued_frames = self.frames.len();
+        frame
+    }
+
+    /// The next lookup for the driver to resolve upstream (see [`DnsProxy::poll_upstream`]).
+    pub fn poll_dns_upstream(&mut self) -> Option<UpstreamQuery> {
+        self.dns.poll_upstream()
+    }
+
+    /// The upstream result for lookup `id`; the answers it unblocks are queued as frames.
+    pub fn handle_dns_upstream(&mut self, now: Instant, id: UpstreamId, result: UpstreamResult) {
+        self.dns.handle_upstream(now, id, result);
+        self.drain_dns_answers();
+    }
+
+    /// When [`Self::handle_timeout`] next has work: the earlier of the DHCP and DNS timers.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.dhcp.poll_timeout(), self.dns.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Expires leases and offers, fails overdue DNS lookups (their SERVFAIL answers are
+    /// queued as frames) and purges the DNS cache.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.dhcp.handle_timeout(now);
+        self.dns.handle_timeout(now);
+        self.drain_dns_answers();
+        self.sync_leases();
+    }
+
+    /// The next DHCP lease event, after the gateway applied it to DNS names and the
+    /// neighbour cache, so the driver can log, count and persist.
+    pub fn poll_lease_event(&mut self) -> Option<LeaseEvent> {
+        self.sync_leases();
+        self.lease_events.pop_front()
+    }
+
+    /// Restores a lease snapshot into the DHCP server and publishes the restored host
+    /// names in DNS. (A restore through [`Self::dhcp_mut`] is picked up by the next
+    /// `handle_*` or `poll_lease_event` call, through the DHCP events.)
+    pub fn restore_leases(
+        &mut self,
+        snapshot: &LeaseSnapshot,
+        now: Instant,
+        unix_now_secs: u64,
+    ) -> RestoreReport {
+        let report = self.dhcp.restore(snapshot, now, unix_now_secs);
+        self.sync_leases();
+        // The DHCP event queue is bounded, so a large restore may have lost events.
+        self.republish_leases();
+        report
+    }
+
+    pub fn dhcp(&self) -> &DhcpServer {
+        &self.dhcp
+    }
+
+    /// For snapshots, static changes and restores; lease events it causes are applied on
+    /// the next gateway call.
+    pub fn dhcp_mut(&mut self) -> &mut DhcpServer {
+        &mut self.dhcp
+    }
+
+    pub fn dns(&self) -> &DnsProxy {
+        &self.dns
+    }
+
+    pub fn stats(&self) -> &GatewayStats {
+        &self.stats
+    }
+
+    /// The MAC last seen using `ip` on the LAN, if it is still cached.
+    pub fn neighbor(&self, ip: Ipv4Addr) -> Option<EthernetAddress> {
+        self.neighbors.lookup(ip)
+    }
+
+    // ---- receive path ----
+
+    fn dispatch_frame(&mut self, now: Instant, frame: &[u8]) {
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let Ok(eth_repr) = EthernetRepr::parse(&eth) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        if eth_repr.dst_addr != self.config.gateway_mac && !eth_repr.dst_addr.is_broadcast() {
+            // Multicast (ne2k guests cannot receive it anyway) and other hosts' unicast.
+            self.stats.ignored += 1;
+            return;
+        }
+        if eth_repr.src_addr == self.config.gateway_mac {
+            // Our own broadcast coming back through the switch.
+            self.stats.ignored += 1;
+            return;
+        }
+        if !is_host_mac(eth_repr.src_addr) {
+            self.stats.malformed += 1;
+            return;
+        }
+        match eth_repr.ethertype {
+            EthernetProtocol::Arp => self.handle_arp(eth.payload()),
+            EthernetProtocol::Ipv4 => self.handle_ipv4(now, eth_repr.src_addr, eth.payload()),
+            _ => self.stats.ignored += 1,
+        }
+    }
+
+    fn handle_arp(&mut self, payload: &[u8]) {
+        let Ok(packet) = ArpPacket::new_checked(payload) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let Ok(ArpRepr::EthernetIpv4 {
+            operation,
+            source_hardware_addr,
+            source_protocol_addr,
+            target_protocol_addr,
+            ..
+        }) = ArpRepr::parse(&packet)
+        else {
+            self.stats.malformed += 1;
+            return;
+        };
+        if !is_host_mac(source_hardware_addr) || self.is_martian_source(source_protocol_addr) {
+            self.stats.malformed += 1;
+            return;
+        }
+        self.learn(source_protocol_addr, source_hardware_addr);
+        // Requests for other addresses are other VMs' business (the switch floods them);
+        // replies and gratuitous ARP only teach us neighbours.
+        if operation != ArpOperation::Request || !self.is_local(target_protocol_addr) {
+            self.stats.ignored += 1;
+            return;
+        }
+        // Probes (sender 0.0.0.0, RFC 5227) are answered too: that defends our addresses.
+        let reply = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Reply,
+            source_hardware_addr: self.config.gateway_mac,
+            source_protocol_addr: target_protocol_addr,
+            target_hardware_addr: source_hardware_addr,
+            target_protocol_addr: source_protocol_addr,
+        };
+        let eth = EthernetRepr {
+            src_addr: self.config.gateway_mac,
+            dst_addr: source_hardware_addr,
+            ethertype: EthernetProtocol::Arp,
+        };
+        let mut buffer = vec![0; (ETHERNET_HEADER_LEN + reply.buffer_len()).max(MIN_FRAME_LEN)];
+        let mut frame = EthernetFrame::new_unchecked(&mut buffer[..]);
+        eth.emit(&mut frame);
+        reply.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+        self.stats.arp_replies += 1;
+        self.push_frame(buffer);
+    }
+
+    fn handle_ipv4(&mut self, now: Instant, frame_src: EthernetAddress, payload: &[u8]) {
+        // `new_checked` bounds everything by the IP total length, not the frame length:
+        // ne2k pads short frames to 60 bytes.
+        let Ok(packet) = Ipv4Packet::new_checked(payload) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        if packet.version() != 4 || !packet.verify_checksum() {
+            self.stats.malformed += 1;
+            return;
+        }
+        let src = packet.src_addr();
+        if self.is_martian_source(src) {
+            self.stats.malformed += 1;
+            return;
+        }
+        self.learn(src, frame_src);
+        let destination = self.destination(packet.dst_addr());
+        match destination {
+            Destination::Elsewhere => {
+                self.stats.not_routed += 1;
+                return;
+            }
+            Destination::Multicast => {
+                self.stats.ignored += 1;
+                return;
+            }
+            Destination::Local | Destination::Broadcast => {}
+        }
+        if packet.more_frags() || packet.frag_offset() != 0 {
+            self.stats.fragments += 1;
+            return;
+        }
+        let Ok(ip) = Ipv4Repr::parse(&packet, &ChecksumCapabilities::default()) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let data = packet.payload();
+        match ip.next_header {
+            IpProtocol::Icmp if destination == Destination::Local => {
+                self.handle_icmp(frame_src, &ip, data);
+            }
+            IpProtocol::Udp => self.handle_udp(now, frame_src, &ip, data),
+            IpProtocol::Tcp if destination == Destination::Local => {
+                self.handle_tcp(frame_src, &ip, data);
+            }
+            // Broadcast pings and everything else.
+            _ => self.stats.ignored += 1,
+        }
+    }
+
+    fn handle_icmp(&mut self, frame_src: EthernetAddress, ip: &Ipv4Repr, data: &[u8]) {
+        let Ok(packet) = Icmpv4Packet::new_checked(data) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        if packet.msg_type() != Icmpv4Message::EchoRequest {
+            self.stats.ignored += 1;
+            return;
+        }
+        let Ok(Icmpv4Repr::EchoRequest {
+            ident,
+            seq_no,
+            data,
+        }) = Icmpv4Repr::parse(&packet, &ChecksumCapabilities::default())
+        else {
+            self.stats.malformed += 1;
+            return;
+        };
+        if ip.src_addr.is_unspecified() {
+            self.stats.ignored += 1;
+            return;
+        }
+        let reply = Icmpv4Repr::EchoReply {
+            ident,
+            seq_no,
+            data,
+        };
+        self.stats.icmp_echo_replies += 1;
+        self.emit_ipv4(
+            frame_src,
+            ip.dst_addr,
+            ip.src_addr,
+            IpProtocol::Icmp,
+            reply.buffer_len(),
+            |buffer| {
+                reply.emit(
+                    &mut Icmpv4Packet::new_unchecked(buffer),
+                    &ChecksumCapabilities::default(),
+                );
+            },
+        );
+    }
+
+    fn handle_udp(&mut self, now: Instant, frame_src: EthernetAddress, ip: &Ipv4Repr, data: &[u8]) {
+        let Ok(packet) = UdpPacket::new_checked(data) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let Ok(udp) = UdpRepr::parse(
+            &packet,
+            &IpAddress::Ipv4(ip.src_addr),
+            &IpAddress::Ipv4(ip.dst_addr),
+            &ChecksumCapabilities::default(),
+        ) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let payload = packet.payload();
+        match udp.dst_port {
+            // Broadcast (DISCOVER, REQUEST) or unicast to the server (renewals).
+            DHCP_SERVER_PORT if ip.dst_addr != self.config.dns_ip => {
+                self.handle_dhcp(now, frame_src, payload);
+            }
+            DNS_PORT if ip.dst_addr == self.config.dns_ip => {
+                self.handle_dns_udp(now, frame_src, ip.src_addr, udp.src_port, payload);
+            }
+            _ => self.stats.ignored += 1,
+        }
+    }
+
+    fn handle_dhcp(&mut self, now: Instant, frame_src: EthernetAddress, payload: &[u8]) {
+        self.stats.dhcp_messages += 1;
+        // Errors are counted by the server (`DhcpStats::malformed`); nothing to send.
+        let Ok(Some(reply)) = self.dhcp.handle_message(now, frame_src, payload) else {
+            return;
+        };
+        let (mac, ip) = match reply.to {
+            ReplyTarget::Broadcast => (EthernetAddress::BROADCAST, Ipv4Addr::BROADCAST),
+            ReplyTarget::Unicast { mac, ip } => (mac, ip),
+        };
+        let from = SocketAddrV4::new(self.dhcp.server_id(), DHCP_SERVER_PORT);
+        self.emit_udp(
+            mac,
+            from,
+            SocketAddrV4::new(ip, DHCP_CLIENT_PORT),
+            &reply.payload,
+        );
+    }
+
+    fn handle_dns_udp(
+        &mut self,
+        now: Instant,
+        frame_src: EthernetAddress,
+        src: Ipv4Addr,
+        src_port: u16,
+        payload: &[u8],
+    ) {
+        if src.is_unspecified() || src_port == 0 {
+            // No address to answer to.
+            self.stats.ignored += 1;
+            return;
+        }
+        self.stats.dns_queries += 1;
+        let client = SocketAddrV4::new(src, src_port);
+        // Errors are counted by the proxy; nothing to send.
+        if let Ok(Some(answer)) = self.dns.handle_query(now, ClientId::udp(client), payload) {
+            let from = SocketAddrV4::new(self.config.dns_ip, DNS_PORT);
+            self.emit_udp(frame_src, from, client, &answer);
+        }
+    }
+
+    /// DNS over TCP needs TCP termination, which comes with NAT: until then every segment
+    /// to DNS:53 gets a RST (RFC 9293 3.10.7.1, closed port) so resolvers give up at once.
+    fn handle_tcp(&mut self, frame_src: EthernetAddress, ip: &Ipv4Repr, data: &[u8]) {
+        let src = IpAddress::Ipv4(ip.src_addr);
+        let dst = IpAddress::Ipv4(ip.dst_addr);
+        let caps = ChecksumCapabilities::default();
+        let Ok(packet) = TcpPacket::new_checked(data) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let Ok(segment) = TcpRepr::parse(&packet, &src, &dst, &caps) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        if ip.dst_addr != self.config.dns_ip
+            || segment.dst_port != DNS_PORT
+            || segment.control == TcpControl::Rst
+            || ip.src_addr.is_unspecified()
+        {
+            // Never answer a RST; other ports wait for NAT (host alias, forwards).
+            self.stats.ignored += 1;
+            return;
+        }
+        let (seq_number, ack_number) = match segment.ack_number {
+            Some(ack) => (ack, None),
+            None => (
+                TcpSeqNumber(0),
+                Some(segment.seq_number + segment.segment_len()),
+            ),
+        };
+        let reset = TcpRepr {
+            src_port: segment.dst_port,
+            dst_port: segment.src_port,
+            control: TcpControl::Rst,
+            seq_number,
+            ack_number,
+            window_len: 0,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: &[],
+        };
+        self.stats.dns_tcp_reset += 1;
+        self.emit_ipv4(
+            frame_src,
+            ip.dst_addr,
+            ip.src_addr,
+            IpProtocol::Tcp,
+            reset.buffer_len(),
+            |buffer| reset.emit(&mut TcpPacket::new_unchecked(buffer), &dst, &src, &caps),
+        );
+    }
+
+    // ---- transmit path ----
+
+    /// Answers the DNS proxy produced later (upstream results, timeouts).
+    fn drain_dns_answers(&mut self) {
+        while let Some((client, answer)) = self.dns.poll_answer() {
+            match client.transport {
+                Transport::Udp => match self.neighbors.lookup(*client.addr.ip()) {
+                    Some(mac) => {
+                        let from = SocketAddrV4::new(self.config.dns_ip, DNS_PORT);
+                        self.emit_udp(mac, from, client.addr, &answer);
+                    }
+                    None => self.stats.no_neighbor += 1,
+                },
+                // We never hand the proxy TCP queries (yet).
+                Transport::Tcp { .. } => self.stats.no_neighbor += 1,
+            }
+        }
+    }
+
+    fn emit_udp(
+        &mut self,
+        dst_mac: EthernetAddress,
+        from: SocketAddrV4,
+        to: SocketAddrV4,
+        payload: &[u8],
+    ) {
+        let udp = UdpRepr {
+            src_port: from.port(),
+            dst_port: to.port(),
+        };
+        let src = IpAddress::Ipv4(*from.ip());
+        let dst = IpAddress::Ipv4(*to.ip());
+        self.emit_ipv4(
+            dst_mac,
+            *from.ip(),
+            *to.ip(),
+            IpProtocol::Udp,
+            UDP_HEADER_LEN + payload.len(),
+            |buffer| {
+                udp.emit(
+                    &mut UdpPacket::new_unchecked(buffer),
+                    &src,
+                    &dst,
+                    payload.len(),
+                    |out| out.copy_from_slice(payload),
+                    &ChecksumCapabilities::default(),
+                );
+            },
+        );
+    }
+
+    /// Builds Ethernet + IPv4 (TTL 64, DF, checksum) around `payload_len` bytes that
+    /// `fill` writes (it gets exactly that slice, so transport checksums cover no padding).
+    fn emit_ipv4(
+        &mut self,
+        dst_mac: EthernetAddress,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        protocol: IpProtocol,
+        payload_len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) {
+        let ip_len = IPV4_HEADER_LEN + payload_len;
+        if ip_len > usize::from(self.config.mtu) {
+            self.stats.oversized += 1;
+            return;
+        }
+        if self.frames.len() >= self.config.max_queued_frames {
+            self.stats.queue_drops += 1;
+            return;
+        }
+        let eth = EthernetRepr {
+            src_addr: self.config.gateway_mac,
+            dst_addr: dst_mac,
+            ethertype: EthernetProtocol::Ipv4,
+        };
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: protocol,
+            payload_len,
+            hop_limit: TTL,
+        };
+        let mut buffer = vec![0; (ETHERNET_HEADER_LEN + ip_len).max(MIN_FRAME_LEN)];
+        let mut frame = EthernetFrame::new_unchecked(&mut buffer[..]);
+        eth.emit(&mut frame);
+        let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
+        ip.emit(&mut packet, &ChecksumCapabilities::default());
+        fill(packet.payload_mut());
+        self.push_frame(buffer);
+    }
+
+    fn push_frame(&mut self, frame: Vec<u8>) {
+        // Tail drop, like a NIC ring: what is queued already is older and as important.
+        if self.frames.len() >= self.config.max_queued_frames {
+            self.stats.queue_drops += 1;
+            return;
+        }
+        self.frames.push_back(frame);
+        self.stats.queued_frames = self.frames.len();
+    }
+
+    // ---- leases, names, neighbours ----
+
+    /// Applies pending DHCP lease events to DNS names and neighbours, then keeps them for
+    /// [`Self::poll_lease_event`].
+    fn sync_leases(&mut self) {
+        while let Some(event) = self.dhcp.poll_event() {
+            self.apply_lease_event(&event);
+            if self.lease_events.len() >= MAX_PENDING_LEASE_EVENTS {
+                self.lease_events.pop_front();
+                self.stats.lease_events_dropped += 1;
+            }
+            self.lease_events.push_back(event);
+        }
+        self.stats.neighbors = self.neighbors.len();
+    }
+
+    fn apply_lease_event(&mut self, event: &LeaseEvent) {
+        match event {
+            LeaseEvent::Bound { mac, ip, host_name } => {
+                self.learn(*ip, *mac);
+                match host_name {
+                    Some(host) => self.publish(*ip, host),
+                    None => self.unpublish(*ip, None),
+                }
+            }
+            LeaseEvent::Released { ip, host_name, .. }
+            | LeaseEvent::Expired { ip, host_name, .. } => {
+                self.unpublish(*ip, host_name.as_deref());
+            }
+            LeaseEvent::Declined { ip, .. } => self.unpublish(*ip, None),
+            LeaseEvent::PoolExhausted { .. } => {}
+        }
+    }
+
+    /// Publishes every named lease the server holds (after a restore, or at start).
+    fn republish_leases(&mut self) {
+        let named: Vec<(Ipv4Addr, EthernetAddress, String)> = self
+            .dhcp
+            .leases()
+            .filter_map(|lease| Some((lease.ip, lease.mac, lease.host_name.clone()?)))
+            .collect();
+        for (ip, mac, host) in named {
+            self.learn(ip, mac);
+            self.publish(ip, &host);
+        }
+    }
+
+    fn publish(&mut self, ip: Ipv4Addr, host: &str) {
+        if let Some(old) = self.published.get(&ip)
+            && !old.eq_ignore_ascii_case(host)
+        {
+            self.dns.remove_local_host(old, ip);
+        }
+        self.dns.set_local_host(host, ip);
+        self.published.insert(ip, host.to_owned());
+    }
+
+    fn unpublish(&mut self, ip: Ipv4Addr, host: Option<&str>) {
+        if let Some(old) = self.published.remove(&ip) {
+            self.dns.remove_local_host(&old, ip);
+        }
+        if let Some(host) = host {
+            self.dns.remove_local_host(host, ip);
+        }
+    }
+
+    /// Neighbours are LAN hosts only: that keeps spoofed sources from filling the cache
+    /// with addresses we could never answer anyway.
+    fn learn(&mut self, ip: Ipv4Addr, mac: EthernetAddress) {
+        if self.config.is_host_address(ip) && !self.is_local(ip) && is_host_mac(mac) {
+            self.neighbors.learn(ip, mac);
+        }
+    }
+
+    fn is_local(&self, ip: Ipv4Addr) -> bool {
+        ip == self.config.gateway_ip || ip == self.config.dns_ip
+    }
+
+    /// Sources no VM may use. 0.0.0.0 is fine (DHCP clients, ARP probes).
+    fn is_martian_source(&self, ip: Ipv4Addr) -> bool {
+        ip.is_broadcast()
+            || ip.is_multicast()
+            || self.is_local(ip)
+            || Some(ip) == self.config.broadcast()
+    }
+
+    fn destination(&self, ip: Ipv4Addr) -> Destination {
+        if self.is_local(ip) {
+            Destination::Local
+        } else if ip.is_broadcast() || Some(ip) == self.config.broadcast() {
+            Destination::Broadcast
+        } else if ip.is_multicast() {
+            Destination::Multicast
+        } else {
+            Destination::Elsewhere
+        }
+    }
+}
+
+/// A unicast MAC a host could own (not multicast, broadcast or all-zero).
+fn is_host_mac(mac: EthernetAddress) -> bool {
+    mac.is_unicast() && mac != EthernetAddress([0; 6])
+}
