@@ -18,6 +18,6 @@ scripts/build-fuzz.sh || status=$?
 
 echo
 echo "== summary =="
-grep -E '^\s+Running |^test result:' "$log" | sed -E 's/^\s+Running ([^ ]+).*/\1/' | paste - - || true
+awk '/^ +Running /{name=$2} /^ +Doc-tests /{name="doc-tests " $2} /^test result:/{printf "%-40s %s\n", name, $0}' "$log" || true
 if grep -q '^SKIPPED' "$log"; then grep '^SKIPPED' "$log"; fi
 exit $status

@@ -53,6 +53,13 @@ pub struct ServeArgs {
     /// Seconds a learned MAC address lives without traffic. [default: 300]
     #[arg(long, env = "V86_RELAY_MAC_AGING_SECS")]
     pub mac_aging_secs: Option<u64>,
+    /// Upstream DNS server(s) for the VMs' queries, IP:PORT, comma-separated.
+    /// [default: the system's resolv.conf]
+    #[arg(long, env = "V86_RELAY_DNS_UPSTREAM", value_delimiter = ',')]
+    pub dns_upstream: Vec<SocketAddr>,
+    /// File that keeps DHCP leases across restarts. [default: none]
+    #[arg(long, env = "V86_RELAY_DHCP_STATE_FILE")]
+    pub dhcp_state_file: Option<PathBuf>,
 }
 
 /// `--metrics-listen ADDR` or `--metrics-listen off`.

@@ -22,6 +22,26 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub switch: SwitchSection,
     pub websocket: WebSocketConfig,
+    /// Defaults for every LAN's addresses and services (see [`crate::network`]).
+    pub network: toml::Table,
+    /// Per-LAN overrides of `[network]` keys: `[lans.physics-101]`.
+    pub lans: std::collections::BTreeMap<String, toml::Table>,
+    pub dns: DnsSection,
+    pub dhcp: DhcpSection,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsSection {
+    /// Upstream DNS servers (`IP:PORT`); empty means the system's resolv.conf.
+    pub upstream: Vec<SocketAddr>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DhcpSection {
+    /// Keeps leases across relay restarts, so a live VM's address is never handed out again.
+    pub state_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -115,6 +135,8 @@ pub enum ConfigError {
         "config file {path} is not valid: {message}See config.example.toml for every key and its meaning."
     )]
     Parse { path: PathBuf, message: String },
+    #[error("config {section}: {problem}. See config.example.toml, section [network].")]
+    Network { section: String, problem: String },
     #[error("config key `{key}` = {value}: {problem}; {fix}")]
     Invalid {
         key: &'static str,
@@ -169,6 +191,12 @@ impl Config {
         }
         if let Some(v) = args.mac_aging_secs {
             self.switch.mac_aging_secs = v;
+        }
+        if !args.dns_upstream.is_empty() {
+            self.dns.upstream = args.dns_upstream.clone();
+        }
+        if let Some(path) = &args.dhcp_state_file {
+            self.dhcp.state_file = Some(path.clone());
         }
     }
 
@@ -270,7 +298,36 @@ impl Config {
                 "use 256 to 1048576",
             );
         }
+        let tables = self.network_tables();
+        let check = |lan: &str| -> Result<(), ConfigError> {
+            let section = if self.lans.contains_key(lan) {
+                format!("[lans.{lan}]")
+            } else {
+                "[network]".to_owned()
+            };
+            tables
+                .for_lan(lan)
+                .and_then(|n| n.services(lan).map(|_| ()))
+                .map_err(|problem| ConfigError::Network { section, problem })
+        };
+        check("default")?;
+        for lan in self.lans.keys() {
+            if crate::lan::LanName::new(lan).is_err() {
+                return Err(ConfigError::Network {
+                    section: format!("[lans.{lan}]"),
+                    problem: "a LAN name uses 1 to 64 of A-Z a-z 0-9 _ -".to_owned(),
+                });
+            }
+            check(lan)?;
+        }
         Ok(())
+    }
+
+    pub fn network_tables(&self) -> crate::network::NetworkTables {
+        crate::network::NetworkTables {
+            defaults: self.network.clone(),
+            lans: self.lans.clone(),
+        }
     }
 
     pub fn ping_interval(&self) -> Duration {
@@ -293,8 +350,14 @@ mod tests {
     #[test]
     fn example_file_is_the_default() {
         let text = include_str!("../../config.example.toml");
-        let parsed = Config::from_toml(text).expect("example parses");
+        let mut parsed = Config::from_toml(text).expect("example parses");
+        assert_eq!(
+            parsed.network_tables().for_lan("any").unwrap(),
+            crate::network::NetworkConfig::default()
+        );
+        parsed.network = toml::Table::new();
         assert_eq!(parsed, Config::default());
+        parsed.validate().unwrap();
     }
 
     #[test]

@@ -61,15 +61,23 @@ impl fmt::Display for LanName {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Transport {
     WebSocket,
+    /// The LAN's own router port (ARP, DHCP, DNS); not a client connection.
+    Gateway,
 }
 
 impl Transport {
+    /// Client transports, as metric labels.
     pub const ALL: [Transport; 1] = [Transport::WebSocket];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::WebSocket => "websocket",
+            Transport::Gateway => "gateway",
         }
+    }
+
+    fn is_client(self) -> bool {
+        self != Transport::Gateway
     }
 
     fn index(self) -> usize {
@@ -191,7 +199,9 @@ impl Totals {
     }
 
     fn retire(&self, transport: Transport, c: &PortCounters) {
-        let r = &self.retired[transport.index()];
+        let Some(r) = self.retired.get(transport.index()) else {
+            return;
+        };
         r.frames_in.fetch_add(c.frames_in.load(Relaxed), Relaxed);
         r.bytes_in.fetch_add(c.bytes_in.load(Relaxed), Relaxed);
         r.frames_out.fetch_add(c.frames_out.load(Relaxed), Relaxed);
@@ -230,9 +240,15 @@ struct PortLimits {
     switch: SwitchConfig,
 }
 
+/// Called when a LAN is created, to attach its services (the gateway port).
+pub trait LanHooks: Send + Sync + fmt::Debug {
+    fn lan_created(&self, registry: &Arc<LanRegistry>, lan: &Arc<Lan>);
+}
+
 /// Every LAN of the relay.
 #[derive(Debug)]
 pub struct LanRegistry {
+    hooks: Mutex<Option<Arc<dyn LanHooks>>>,
     lans: Mutex<HashMap<LanName, Arc<Lan>>>,
     next_port: AtomicU64,
     /// Live ports; changed only under the `lans` lock.
@@ -246,12 +262,19 @@ pub struct LanRegistry {
 pub struct Lan {
     name: LanName,
     state: Mutex<LanState>,
+    /// Cancelled when the LAN is removed from the registry: its services stop.
+    removed: tokio_util::sync::CancellationToken,
+    /// Woken when the last client leaves, so services can decide whether the LAN may go.
+    idle: tokio::sync::Notify,
+    /// A service (the gateway) decides when this LAN goes, since leases outlive clients.
+    kept_by_service: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
 struct LanState {
     switch: Switch,
     ports: HashMap<PortId, PortOutput>,
+    clients: usize,
 }
 
 #[derive(Debug)]
@@ -284,6 +307,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl LanRegistry {
     pub fn new(config: &Config) -> Arc<Self> {
         Arc::new(Self {
+            hooks: Mutex::new(None),
             lans: Mutex::new(HashMap::new()),
             next_port: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
@@ -300,6 +324,10 @@ impl LanRegistry {
             },
             totals: Totals::default(),
         })
+    }
+
+    pub fn set_hooks(&self, hooks: Arc<dyn LanHooks>) {
+        *lock(&self.hooks) = Some(hooks);
     }
 
     pub fn totals(&self) -> &Totals {
@@ -323,26 +351,50 @@ impl LanRegistry {
         if !lans.contains_key(name) && lans.len() >= self.limits.max_lans {
             return Err(JoinError::TooManyLans(self.limits.max_lans));
         }
-        let lan = lans
-            .entry(name.clone())
-            .or_insert_with(|| {
-                tracing::info!(lan = %name, "LAN created");
-                Arc::new(Lan {
+        let lan = match lans.get(name) {
+            Some(lan) => lan.clone(),
+            None => {
+                let lan = Arc::new(Lan {
                     name: name.clone(),
                     state: Mutex::new(LanState {
                         switch: Switch::new(self.limits.switch.clone()),
                         ports: HashMap::new(),
+                        clients: 0,
                     }),
-                })
-            })
-            .clone();
+                    removed: tokio_util::sync::CancellationToken::new(),
+                    idle: tokio::sync::Notify::new(),
+                    kept_by_service: std::sync::atomic::AtomicBool::new(false),
+                });
+                lans.insert(name.clone(), lan.clone());
+                tracing::info!(lan = %name, "LAN created");
+                let hooks = lock(&self.hooks).clone();
+                if let Some(hooks) = hooks {
+                    hooks.lan_created(self, &lan);
+                }
+                lan
+            }
+        };
         let mut state = lock(&lan.state);
-        if state.ports.len() >= self.limits.max_ports_per_lan {
+        if state.clients >= self.limits.max_ports_per_lan {
             return Err(JoinError::LanFull(self.limits.max_ports_per_lan));
         }
+        state.clients += 1;
+        drop(state);
+        self.connections.fetch_add(1, Relaxed);
+        drop(lans);
+        let (port, rx) = self.attach(&lan, transport);
+        if let Some(opened) = self.totals.connections_opened.get(transport.index()) {
+            opened.fetch_add(1, Relaxed);
+        }
+        Ok((port, rx))
+    }
+
+    /// Adds a port to `lan` (clients are counted by the caller).
+    pub fn attach(self: &Arc<Self>, lan: &Arc<Lan>, transport: Transport) -> (Port, PortReceiver) {
         let id = PortId(self.next_port.fetch_add(1, Relaxed));
         let (tx, rx) = mpsc::channel(self.limits.queue_frames);
         let counters = Arc::new(PortCounters::default());
+        let mut state = lock(&lan.state);
         // Ids are fresh, so the switch cannot already know this one.
         let _ = state.switch.add_port(id);
         state.ports.insert(
@@ -354,38 +406,56 @@ impl LanRegistry {
             },
         );
         drop(state);
-        self.connections.fetch_add(1, Relaxed);
-        drop(lans);
-        self.totals.connections_opened[transport.index()].fetch_add(1, Relaxed);
         let port = Port {
             id,
-            lan,
+            lan: lan.clone(),
             registry: self.clone(),
             transport,
             counters,
         };
-        Ok((port, rx))
+        (port, rx)
+    }
+
+    /// Removes `lan` if no client is on it; its services stop. Returns whether it went.
+    pub fn remove_if_idle(&self, lan: &Arc<Lan>) -> bool {
+        let mut lans = lock(&self.lans);
+        if lock(&lan.state).clients > 0 {
+            return false;
+        }
+        if lans.get(&lan.name).is_some_and(|l| Arc::ptr_eq(l, lan)) {
+            lans.remove(&lan.name);
+            tracing::info!(lan = %lan.name, "LAN removed: no machines and no leases left");
+        }
+        lan.removed.cancel();
+        true
     }
 
     fn leave(&self, port: &Port) {
         let mut lans = lock(&self.lans);
         let mut state = lock(&port.lan.state);
         state.switch.remove_port(port.id);
-        if state.ports.remove(&port.id).is_some() {
-            self.connections.fetch_sub(1, Relaxed);
-        }
+        state.ports.remove(&port.id);
         self.totals.retire(port.transport, &port.counters);
-        let now_empty = state.ports.is_empty();
+        if !port.transport.is_client() {
+            return;
+        }
+        state.clients -= 1;
+        self.connections.fetch_sub(1, Relaxed);
+        let now_idle = state.clients == 0;
         drop(state);
-        if now_empty {
+        if !now_idle {
+            return;
+        }
+        if port.lan.kept_by_service.load(Relaxed) {
+            port.lan.idle.notify_one();
+        } else if lans
+            .get(&port.lan.name)
+            .is_some_and(|lan| Arc::ptr_eq(lan, &port.lan))
+        {
             // Only remove the LAN this port belonged to, not a newer one of the same name.
-            if lans
-                .get(&port.lan.name)
-                .is_some_and(|lan| Arc::ptr_eq(lan, &port.lan))
-            {
-                lans.remove(&port.lan.name);
-                tracing::info!(lan = %port.lan.name, "LAN removed: its last machine left");
-            }
+            lans.remove(&port.lan.name);
+            port.lan.removed.cancel();
+            tracing::info!(lan = %port.lan.name, "LAN removed: its last machine left");
         }
     }
 
@@ -421,10 +491,12 @@ impl LanRegistry {
         }
         for lan in lans {
             let state = lock(&lan.state);
-            snapshot.ports += state.ports.len();
+            snapshot.ports += state.clients;
             snapshot.mac_entries += state.switch.mac_entries();
             for output in state.ports.values() {
-                let t = &mut traffic[output.transport.index()];
+                let Some(t) = traffic.get_mut(output.transport.index()) else {
+                    continue;
+                };
                 let c = &output.counters;
                 t.connections += 1;
                 t.frames_in += c.frames_in.load(Relaxed);
@@ -438,6 +510,31 @@ impl LanRegistry {
     }
 }
 
+impl Lan {
+    pub fn name(&self) -> &LanName {
+        &self.name
+    }
+
+    /// Resolves when the LAN has been removed.
+    pub async fn removed(&self) {
+        self.removed.cancelled().await
+    }
+
+    /// Resolves when the last client may have left.
+    pub async fn idle(&self) {
+        self.idle.notified().await
+    }
+
+    /// The LAN stays (without clients) until its service calls [`LanRegistry::remove_if_idle`].
+    pub fn keep_until_service_releases(&self) {
+        self.kept_by_service.store(true, Relaxed);
+    }
+
+    pub fn client_count(&self) -> usize {
+        lock(&self.state).clients
+    }
+}
+
 impl Port {
     pub fn id(&self) -> PortId {
         self.id
@@ -445,6 +542,10 @@ impl Port {
 
     pub fn lan_name(&self) -> &LanName {
         &self.lan.name
+    }
+
+    pub fn lan(&self) -> &Arc<Lan> {
+        &self.lan
     }
 
     pub fn counters(&self) -> &PortCounters {

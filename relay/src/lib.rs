@@ -2,15 +2,20 @@
 //! ([`lan`]), whose switch ([`switch`] crate) forwards frames between them.
 //!
 //! Frame path: `transport::websocket` -> [`lan::Port::ingress`] -> `switch::Switch` ->
-//! the other ports' bounded queues -> each transport's writer.
+//! the other ports' bounded queues -> each transport's writer, or the LAN's gateway port
+//! ([`gateway_port`], driving the `gateway` crate: ARP/ICMP, DHCP, DNS).
 
 pub mod cli;
 pub mod config;
+pub mod gateway_port;
 pub mod lan;
+pub mod leases;
 pub mod metrics;
+pub mod network;
 pub mod server;
 pub mod tap;
 pub mod transport;
+pub mod upstream;
 
 pub use config::Config;
 pub use server::Relay;

@@ -11,18 +11,61 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::gateway_port::{
+    DHCP_TYPE_NAMES, DNS_OUTCOME_NAMES, GatewayStatsRegistry, GatewayTotals, LEASE_EVENT_NAMES,
+};
 use crate::lan::{DropReason, LanRegistry, TrafficSnapshot};
+use std::sync::atomic::Ordering::Relaxed;
 
 #[derive(Debug)]
 struct RelayCollector {
     lans: Arc<LanRegistry>,
+    gateways: Arc<GatewayStatsRegistry>,
+    gateway_totals: Arc<GatewayTotals>,
 }
 
 /// The registry behind `/metrics`.
-pub fn registry(lans: Arc<LanRegistry>) -> Registry {
+pub fn registry(
+    lans: Arc<LanRegistry>,
+    gateways: Arc<GatewayStatsRegistry>,
+    gateway_totals: Arc<GatewayTotals>,
+) -> Registry {
     let mut registry = Registry::with_prefix("v86_relay");
-    registry.register_collector(Box::new(RelayCollector { lans }));
+    registry.register_collector(Box::new(RelayCollector {
+        lans,
+        gateways,
+        gateway_totals,
+    }));
     registry
+}
+
+fn labeled_counters<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    rows: impl IntoIterator<Item = (&'a str, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, count) in rows {
+        let labels = [(label, value)];
+        ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    ConstCounter::new(value).encode(encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        MetricType::Counter,
+    )?)
 }
 
 /// Renders the registry in the Prometheus text format.
@@ -149,6 +192,71 @@ impl Collector for RelayCollector {
             ConstCounter::new(self.lans.totals().drops(reason))
                 .encode(drops.encode_family(&labels)?)?;
         }
+
+        let g = self.gateways.sum();
+        gauge(
+            &mut encoder,
+            "dhcp_active_leases",
+            "DHCP leases currently held",
+            g.active_leases as usize,
+        )?;
+        labeled_counters(
+            &mut encoder,
+            "dhcp_messages",
+            "DHCP messages received (discover..inform) and sent (offer, ack, nak), by type",
+            "type",
+            DHCP_TYPE_NAMES.iter().copied().zip(g.dhcp_by_type),
+        )?;
+        labeled_counters(
+            &mut encoder,
+            "dhcp_lease_events",
+            "DHCP lease events, by kind",
+            "event",
+            LEASE_EVENT_NAMES.iter().copied().zip(
+                self.gateway_totals
+                    .dhcp_events
+                    .iter()
+                    .map(|c| c.load(Relaxed)),
+            ),
+        )?;
+        labeled_counters(
+            &mut encoder,
+            "dns_queries",
+            "DNS queries from VMs, by outcome",
+            "outcome",
+            DNS_OUTCOME_NAMES.iter().copied().zip(g.dns_by_outcome),
+        )?;
+        counter(
+            &mut encoder,
+            "dns_cache_hits",
+            "DNS answers served from the cache",
+            g.dns_cache_hits,
+        )?;
+        counter(
+            &mut encoder,
+            "dns_upstream_queries",
+            "DNS queries sent upstream",
+            self.gateway_totals.dns_upstream_queries.load(Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "arp_replies",
+            "ARP requests for gateway or DNS answered",
+            g.arp_replies,
+        )?;
+        counter(
+            &mut encoder,
+            "icmp_echo_replies",
+            "Pings to gateway or DNS answered",
+            g.icmp_echo_replies,
+        )?;
+        labeled_counters(
+            &mut encoder,
+            "gateway_frames_dropped",
+            "Frames to the gateway dropped, by reason",
+            "reason",
+            [("malformed", g.malformed), ("not_routed", g.not_routed)],
+        )?;
         Ok(())
     }
 }

@@ -18,9 +18,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::gateway_port::{GatewayHooks, GatewayStatsRegistry, GatewayTotals};
 use crate::lan::{LanName, LanRegistry};
+use crate::leases::LeaseStore;
 use crate::metrics;
 use crate::transport::websocket;
+use crate::upstream::Upstream;
 
 /// What every request handler and connection task shares.
 #[derive(Debug)]
@@ -31,6 +34,7 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    pub leases: Arc<LeaseStore>,
 }
 
 /// A running relay.
@@ -44,6 +48,10 @@ pub struct Relay {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("{0}")]
+    Leases(#[from] crate::leases::LeaseFileError),
+    #[error("{0}")]
+    Dns(String),
     #[error(
         "cannot listen on {addr} ({key}): {source}. Pick a free address with --{flag} or stop the program using it."
     )]
@@ -59,7 +67,20 @@ impl Relay {
     /// Binds the listeners and starts serving in the background.
     pub async fn start(config: Config) -> Result<Relay, StartError> {
         let lans = LanRegistry::new(&config);
+        let leases = Arc::new(LeaseStore::open(config.dhcp.state_file.as_deref())?);
+        let upstream =
+            Upstream::new(&config.dns.upstream).map_err(|e| StartError::Dns(e.to_string()))?;
+        let gateways = Arc::new(GatewayStatsRegistry::default());
+        let gateway_totals = Arc::new(GatewayTotals::default());
+        lans.set_hooks(Arc::new(GatewayHooks {
+            config: Arc::new(config.clone()),
+            upstream,
+            leases: leases.clone(),
+            totals: gateway_totals.clone(),
+            gateways: gateways.clone(),
+        }));
         let app = Arc::new(AppState {
+            leases: leases.clone(),
             config,
             lans: lans.clone(),
             shutdown: CancellationToken::new(),
@@ -98,7 +119,11 @@ impl Relay {
                     source,
                 })?;
             metrics_addr = Some(listener.local_addr().unwrap_or(addr));
-            let router = metrics_router(Arc::new(metrics::registry(lans.clone())));
+            let router = metrics_router(Arc::new(metrics::registry(
+                lans.clone(),
+                gateways.clone(),
+                gateway_totals.clone(),
+            )));
             let shutdown = app.shutdown.clone();
             servers.spawn(async move {
                 let serve = axum::serve(listener, router)
@@ -120,6 +145,13 @@ impl Relay {
                 }
             }
         });
+        let writer_app = app.clone();
+        servers.spawn(async move {
+            writer_app
+                .leases
+                .run_writer(writer_app.shutdown.clone())
+                .await
+        });
         servers.close();
 
         Ok(Relay {
@@ -140,7 +172,11 @@ impl Relay {
             self.app.tasks.wait().await;
             self.servers.wait().await;
         };
-        tokio::time::timeout(grace, done).await.is_ok()
+        let closed = tokio::time::timeout(grace, done).await.is_ok();
+        if let Err(e) = self.app.leases.save() {
+            tracing::error!("cannot write the DHCP state file: {e}");
+        }
+        closed
     }
 }
 
