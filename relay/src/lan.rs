@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use switch::{DropReason as SwitchDrop, Forward, PortId, Switch, SwitchConfig};
+use switch::translate::MacTranslation;
+use switch::{DropReason as SwitchDrop, Forward, MacAddr, PortId, Switch, SwitchConfig};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
@@ -163,9 +164,23 @@ pub struct PortCounters {
     pub bytes_out: AtomicU64,
     /// Frames for this port dropped because its queue was full.
     pub queue_drops: AtomicU64,
+    /// Set when this port's machine shares its MAC with another live port.
+    pub translation: std::sync::OnceLock<MacTranslation>,
 }
 
 impl PortCounters {
+    /// Undoes this port's MAC translation on a frame going to its client.
+    pub fn to_client(&self, frame: Bytes) -> Bytes {
+        match self.translation.get() {
+            Some(translation) => {
+                let mut frame = bytes::BytesMut::from(&frame[..]);
+                translation.inbound(&mut frame);
+                frame.freeze()
+            }
+            None => frame,
+        }
+    }
+
     pub fn count_out(&self, bytes: usize) {
         self.frames_out.fetch_add(1, Relaxed);
         self.bytes_out.fetch_add(bytes as u64, Relaxed);
@@ -177,6 +192,8 @@ impl PortCounters {
 #[derive(Debug, Default)]
 pub struct Totals {
     drops: [AtomicU64; DROP_REASONS],
+    /// Ports given a local MAC because their machine's MAC was live on another port.
+    pub mac_translations: AtomicU64,
     connections_opened: [AtomicU64; Transport::ALL.len()],
     retired: [PortTotals; Transport::ALL.len()],
 }
@@ -574,6 +591,7 @@ impl Port {
             return self.count_drop(DropReason::TooLarge);
         }
         let mut state = lock(&self.lan.state);
+        let frame = self.translate_from_client(&state, frame);
         match state.switch.handle_frame(now, self.id, &frame) {
             Forward::Unicast(to) => {
                 if let Some(output) = state.ports.get(&to) {
@@ -589,6 +607,38 @@ impl Port {
             }
             Forward::Drop(reason) => self.count_drop(DropReason::Switch(reason)),
         }
+    }
+
+    /// Tabs restored from one saved v86 state share a MAC. A second live port sending from a
+    /// MAC that another live port owns must not steal its traffic: it gets a local MAC,
+    /// translated both ways (see [`switch::translate`]).
+    fn translate_from_client(&self, state: &LanState, frame: Bytes) -> Bytes {
+        let src = MacAddr::from_bytes(&frame[6..12]);
+        let translation = match self.counters.translation.get() {
+            Some(t) if t.original == src => *t,
+            Some(_) => return frame,
+            None => {
+                let owner = state.switch.lookup(&src);
+                let taken = owner.is_some_and(|o| o != self.id && state.ports.contains_key(&o));
+                if !taken || !src.is_unicast() || !self.transport.is_client() {
+                    return frame;
+                }
+                let t = MacTranslation::for_port(src, self.id.0);
+                let _ = self.counters.translation.set(t);
+                self.registry.totals.mac_translations.fetch_add(1, Relaxed);
+                tracing::info!(
+                    lan = %self.lan.name,
+                    "{} is in use on another port: {} uses {} on this LAN",
+                    src,
+                    self.id,
+                    t.local
+                );
+                t
+            }
+        };
+        let mut frame = bytes::BytesMut::from(&frame[..]);
+        translation.outbound(&mut frame);
+        frame.freeze()
     }
 
     fn deliver(&self, output: &PortOutput, frame: Bytes) {

@@ -193,6 +193,12 @@ impl Collector for RelayCollector {
                 .encode(drops.encode_family(&labels)?)?;
         }
 
+        counter(
+            &mut encoder,
+            "duplicate_mac_translations",
+            "Ports given a local MAC because their machine's MAC was live on another port",
+            self.lans.totals().mac_translations.load(Relaxed),
+        )?;
         let g = self.gateways.sum();
         gauge(
             &mut encoder,

@@ -284,3 +284,33 @@ fn reconnects_and_relay_restarts_keep_addresses() {
     let lease_a = udhcpc(&a, &dir.0, Some("ra"), &[]);
     assert_eq!(lease_a["ip"], "10.0.2.15", "and renews the same address");
 }
+
+#[test]
+fn two_machines_with_one_mac_both_get_leases_and_talk() {
+    if !root_or_skip("two_machines_with_one_mac") {
+        return;
+    }
+    let dir = Scratch::new("dupmac");
+    let (_relay, port) = start_relay(&[]);
+    // Tabs restored from one saved v86 state share their MAC.
+    let first = vm("d1");
+    let second = vm("d2");
+    for ns in [&first, &second] {
+        ns.ip(&["link", "set", "tap0", "address", "00:22:15:aa:bb:cc"]);
+    }
+    let _t1 = attach_tap(port, "dup", &first);
+    let lease1 = udhcpc(&first, &dir.0, Some("d1"), &[]);
+    let _t2 = attach_tap(port, "dup", &second);
+    let lease2 = udhcpc(&second, &dir.0, Some("d2"), &[]);
+    assert_ne!(lease1["ip"], lease2["ip"], "each machine has its own lease");
+    assert!(first.ping_ok("10.0.2.2", Duration::from_secs(5)));
+    assert!(second.ping_ok("10.0.2.2", Duration::from_secs(5)));
+    assert!(
+        first.ping_ok(&lease2["ip"], Duration::from_secs(5)),
+        "first pings second"
+    );
+    assert!(
+        second.ping_ok(&lease1["ip"], Duration::from_secs(5)),
+        "second pings first"
+    );
+}

@@ -23,6 +23,8 @@ use std::collections::hash_map::Entry;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+pub mod translate;
+
 pub use smoltcp::wire::EthernetAddress as MacAddr;
 use smoltcp::wire::EthernetFrame;
 

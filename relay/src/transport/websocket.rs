@@ -124,11 +124,11 @@ async fn write_loop(
                 let Some(frame) = frame else { break };
                 let write = async {
                     counters.count_out(frame.len());
-                    sink.feed(Message::Binary(frame)).await?;
+                    sink.feed(Message::Binary(counters.to_client(frame))).await?;
                     for _ in 1..WRITE_BATCH {
                         let Ok(frame) = queue.try_recv() else { break };
                         counters.count_out(frame.len());
-                        sink.feed(Message::Binary(frame)).await?;
+                        sink.feed(Message::Binary(counters.to_client(frame))).await?;
                     }
                     sink.flush().await
                 };
