@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --quiet --bin v86-relay --bin v86-loadtest
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)"
 port=18086
 target/release/v86-relay --listen 127.0.0.1:$port --metrics-listen off \
   --max-connections 30000 --log warn --config <(printf '[limits]\nmax_ports_per_lan = 4096\n') &
