@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --quiet --bin v86-relay
-exec target/release/v86-relay --listen "${V86_RELAY_LISTEN:-0.0.0.0:8086}" "$@"
+# Listens on 0.0.0.0:8086 unless --listen or V86_RELAY_LISTEN says otherwise.
+exec target/release/v86-relay "$@"

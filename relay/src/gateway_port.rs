@@ -19,7 +19,6 @@ use crate::upstream::Upstream;
 /// Relay-wide gateway counters for /metrics (summed over LANs as they happen).
 #[derive(Debug, Default)]
 pub struct GatewayTotals {
-    pub active_leases: AtomicU64,
     pub dhcp_events: [AtomicU64; 5],
     pub dns_upstream_queries: AtomicU64,
 }

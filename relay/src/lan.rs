@@ -618,8 +618,11 @@ impl Port {
             Some(t) if t.original == src => *t,
             Some(_) => return frame,
             None => {
-                let owner = state.switch.lookup(&src);
-                let taken = owner.is_some_and(|o| o != self.id && state.ports.contains_key(&o));
+                // The switch forgets a port's MACs when it leaves, so any owner is live.
+                let taken = state
+                    .switch
+                    .lookup(&src)
+                    .is_some_and(|owner| owner != self.id);
                 if !taken || !src.is_unicast() || !self.transport.is_client() {
                     return frame;
                 }
