@@ -13,6 +13,11 @@ have dhclient || need+=(isc-dhcp-client)
 have dig || need+=(dnsutils)
 have dnsmasq || need+=(dnsmasq-base)
 have pgrep || need+=(procps)
+have curl || need+=(curl)
+have chromium || need+=(chromium)
+have slirp4netns || need+=(slirp4netns)
+have node || need+=(nodejs)
+have npm || need+=(npm)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
@@ -20,4 +25,11 @@ if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# JavaScript test dependencies (playwright-core drives Debian's chromium; never a browser download).
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ ! -d "$here/tests/js/node_modules/playwright-core" ] || [ ! -d "$here/tests/js/node_modules/ws" ]; then
+  echo "setup: npm ci in tests/js"
+  (cd "$here/tests/js" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 fi
