@@ -62,17 +62,27 @@ impl fmt::Display for LanName {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Transport {
     WebSocket,
+    /// WebTransport (HTTP/3) datagrams, fragmented per design.md.
+    WebTransport,
+    /// A WebRTC DataChannel through the relay's ICE-lite peer.
+    WebRtc,
     /// The LAN's own router port (ARP, DHCP, DNS); not a client connection.
     Gateway,
 }
 
 impl Transport {
     /// Client transports, as metric labels.
-    pub const ALL: [Transport; 1] = [Transport::WebSocket];
+    pub const ALL: [Transport; 3] = [
+        Transport::WebSocket,
+        Transport::WebTransport,
+        Transport::WebRtc,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::WebSocket => "websocket",
+            Transport::WebTransport => "webtransport",
+            Transport::WebRtc => "webrtc",
             Transport::Gateway => "gateway",
         }
     }
