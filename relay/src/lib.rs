@@ -11,6 +11,7 @@ pub mod gateway_port;
 pub mod lan;
 pub mod leases;
 pub mod metrics;
+pub mod nat;
 pub mod network;
 pub mod server;
 pub mod tap;

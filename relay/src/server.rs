@@ -52,6 +52,8 @@ pub enum StartError {
     Leases(#[from] crate::leases::LeaseFileError),
     #[error("{0}")]
     Dns(String),
+    #[error("config [nat]: {0}")]
+    Nat(String),
     #[error(
         "cannot listen on {addr} ({key}): {source}. Pick a free address with --{flag} or stop the program using it."
     )]
@@ -63,6 +65,36 @@ pub enum StartError {
     },
 }
 
+/// NAT settings for every LAN, with this host's addresses and how pings can be sent.
+fn nat_shared(
+    config: &Config,
+    totals: &GatewayTotals,
+) -> Result<Option<Arc<crate::nat::NatShared>>, StartError> {
+    if !config.nat.enabled {
+        tracing::info!("NAT is off ([nat] enabled = false): VMs reach only their LAN");
+        return Ok(None);
+    }
+    let mut core = crate::nat::core_config(&config.nat).map_err(StartError::Nat)?;
+    core.policy.host_addresses = crate::nat::host_addresses();
+    let ping_mode = crate::nat::PingMode::detect();
+    if ping_mode == crate::nat::PingMode::Unavailable {
+        tracing::warn!(
+            "ping to outside addresses is unavailable: allow ICMP sockets with `sysctl -w net.ipv4.ping_group_range=\"0 2147483647\"` or run with CAP_NET_RAW; TCP and UDP are not affected"
+        );
+    }
+    if core.host_loopback {
+        tracing::warn!(
+            "--host-loopback is on: VMs reach this host's 127.0.0.1 through the gateway address"
+        );
+    }
+    Ok(Some(Arc::new(crate::nat::NatShared {
+        config: core,
+        connect_timeout: Duration::from_secs(config.nat.connect_timeout_secs),
+        ping_mode,
+        tasks: totals.nat_tasks.clone(),
+    })))
+}
+
 impl Relay {
     /// Binds the listeners and starts serving in the background.
     pub async fn start(config: Config) -> Result<Relay, StartError> {
@@ -72,12 +104,14 @@ impl Relay {
             Upstream::new(&config.dns.upstream).map_err(|e| StartError::Dns(e.to_string()))?;
         let gateways = Arc::new(GatewayStatsRegistry::default());
         let gateway_totals = Arc::new(GatewayTotals::default());
+        let nat = nat_shared(&config, &gateway_totals)?;
         lans.set_hooks(Arc::new(GatewayHooks {
             config: Arc::new(config.clone()),
             upstream,
             leases: leases.clone(),
             totals: gateway_totals.clone(),
             gateways: gateways.clone(),
+            nat,
         }));
         let app = Arc::new(AppState {
             leases: leases.clone(),
