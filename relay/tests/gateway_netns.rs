@@ -133,6 +133,20 @@ fn udhcpc_and_dhclient_get_leases_ping_the_gateway_and_resolve_names() {
     assert_eq!(dig(&bob, "www.example.test"), "198.18.0.7");
     assert_eq!(dig(&bob, "alice.t.lan"), "10.0.2.15");
     assert_eq!(dig(&bob, "alice"), "10.0.2.15");
+    // DNS over TCP: the same answers, upstream and local (smoltcp terminates the TCP).
+    assert_eq!(dig_with(&bob, "www.example.test", &["+tcp"]), "198.18.0.7");
+    assert_eq!(dig_with(&bob, "alice", &["+tcp"]), "10.0.2.15");
+    // Two queries on one connection; answers may come out of order (RFC 7766 6.2.1.1).
+    let mut both: Vec<String> = dig_with(
+        &bob,
+        "www.example.test",
+        &["+tcp", "+keepopen", "alice.t.lan"],
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect();
+    both.sort();
+    assert_eq!(both, ["10.0.2.15", "198.18.0.7"]);
     let eve_lease = udhcpc(&eve, &dir.0, Some("eve"), &[]);
     assert_eq!(eve_lease.get("domain").map(String::as_str), Some("u.lan"));
     assert_eq!(

@@ -96,6 +96,14 @@ pub fn udhcpc(
 }
 
 pub fn dig(ns: &Netns, name: &str) -> String {
-    let out = ns.exec(&["dig", "@10.0.2.3", "+short", "+time=3", "+tries=1", name]);
+    dig_with(ns, name, &[])
+}
+
+/// `dig` with extra options, e.g. `+tcp`.
+pub fn dig_with(ns: &Netns, name: &str, options: &[&str]) -> String {
+    let mut args = vec!["dig", "@10.0.2.3", "+short", "+time=3", "+tries=1"];
+    args.extend_from_slice(options);
+    args.push(name);
+    let out = ns.exec(&args);
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
