@@ -458,12 +458,10 @@ impl Gateway {
             _ if ip.dst_addr == self.config.gateway_ip
                 && self
                     .nat
-                    .as_ref()
-                    .is_some_and(|nat| nat.config().host_loopback) =>
+                    .as_mut()
+                    .is_some_and(|nat| nat.handle_udp_to_gateway(now, ip, &udp, data)) =>
             {
-                if let Some(nat) = self.nat.as_mut() {
-                    nat.handle_udp(now, ip, &udp, data);
-                }
+                self.stats.nat_packets += 1;
             }
             _ => self.stats.ignored += 1,
         }

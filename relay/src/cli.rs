@@ -71,6 +71,10 @@ pub struct ServeArgs {
     /// target may be a DHCP host name or a MAC instead of the IP (`default/web:80`).
     #[arg(long, env = "V86_RELAY_FORWARD", value_delimiter = ',')]
     pub forward: Vec<String>,
+    /// Bearer token for the admin API (/admin/* on the metrics listener). Required when
+    /// --metrics-listen is not a loopback address.
+    #[arg(long, env = "V86_RELAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 /// `--metrics-listen ADDR` or `--metrics-listen off`.

@@ -104,6 +104,9 @@ pub struct ServerConfig {
     /// Prometheus `/metrics`; on its own listener so a public relay does not publish it.
     pub metrics_listen: Option<SocketAddr>,
     pub shutdown_grace_secs: u64,
+    /// Bearer token for the admin API on the metrics listener; required when that
+    /// listener is not on loopback.
+    pub admin_token: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -138,6 +141,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8086)),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9186))),
             shutdown_grace_secs: 5,
+            admin_token: None,
         }
     }
 }
@@ -252,6 +256,9 @@ impl Config {
         }
         if let Some(path) = &args.dhcp_state_file {
             self.dhcp.state_file = Some(path.clone());
+        }
+        if let Some(token) = &args.admin_token {
+            self.server.admin_token = Some(token.clone());
         }
         if args.host_loopback {
             self.nat.host_loopback = true;

@@ -3,6 +3,7 @@
 //! and keeps its leases in the [`LeaseStore`]. A LAN with a gateway stays after its last
 //! client leaves while it still holds dynamic leases: v86 reconnects with its old address.
 
+use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,6 +13,7 @@ use gateway::Gateway;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::forward::{GatewayCommand, GatewayDirectory, resolve_target};
 use crate::lan::{Lan, LanHooks, LanRegistry, Port, PortReceiver, Transport};
 use crate::leases::LeaseStore;
 use crate::nat::{HostEvent, NatHost, NatShared};
@@ -39,6 +41,8 @@ pub struct GatewayHooks {
     pub gateways: Arc<GatewayStatsRegistry>,
     /// NAT settings; `None` when `[nat] enabled = false`.
     pub nat: Option<Arc<NatShared>>,
+    /// Where forwards and the admin API find each LAN's gateway task.
+    pub directory: Arc<GatewayDirectory>,
 }
 
 /// Each live gateway's stats, for /metrics.
@@ -218,8 +222,11 @@ impl LanHooks for GatewayHooks {
             stats_id: self.gateways.next_id.fetch_add(1, Relaxed),
             totals: self.totals.clone(),
             nat_host,
+            directory: self.directory.clone(),
         };
-        tokio::spawn(driver.run(queue, host_events));
+        let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        self.directory.register(lan.name(), commands_tx);
+        tokio::spawn(driver.run(queue, host_events, commands));
     }
 }
 
@@ -240,14 +247,23 @@ struct GatewayDriver {
     stats_id: u64,
     totals: Arc<GatewayTotals>,
     nat_host: Option<NatHost>,
+    directory: Arc<GatewayDirectory>,
 }
+
+/// Commands (forwarded connections, admin queries) waiting for a gateway task.
+const COMMAND_QUEUE: usize = 256;
 
 /// Upstream answers waiting to be handed back to the gateway; bounded by the dns core's
 /// in-flight limits, so the channel size is only a backstop.
 const UPSTREAM_CHANNEL: usize = 1024;
 
 impl GatewayDriver {
-    async fn run(mut self, mut queue: PortReceiver, mut host_events: mpsc::Receiver<HostEvent>) {
+    async fn run(
+        mut self,
+        mut queue: PortReceiver,
+        mut host_events: mpsc::Receiver<HostEvent>,
+        mut commands: mpsc::Receiver<GatewayCommand>,
+    ) {
         let lan = self.port.lan().clone();
         let (answers_tx, mut answers) = mpsc::channel(UPSTREAM_CHANNEL);
         let mut idle_check = tokio::time::interval(Duration::from_secs(5));
@@ -271,12 +287,14 @@ impl GatewayDriver {
                         nat_host.handle_event(&mut self.gateway, event);
                     }
                 }
+                Some(command) = commands.recv() => self.handle_command(command),
                 _ = tokio::time::sleep_until(deadline) => self.gateway.handle_timeout(Instant::now()),
                 _ = lan.idle() => self.release_if_unused(&lan),
                 _ = idle_check.tick() => self.release_if_unused(&lan),
             }
             self.drain(&answers_tx);
         }
+        self.directory.unregister(self.port.lan_name());
         self.publish_leases();
         let sums = self
             .stats
@@ -330,6 +348,80 @@ impl GatewayDriver {
         if let Ok(mut live) = self.stats.live.lock() {
             live.insert(self.stats_id, GatewaySums::of(&self.gateway));
         }
+    }
+
+    fn handle_command(&mut self, command: GatewayCommand) {
+        match command {
+            GatewayCommand::InboundTcp {
+                target,
+                port,
+                stream,
+            } => {
+                let (Some(ip), Some(nat_host)) = (
+                    resolve_target(&self.gateway, &target),
+                    self.nat_host.as_mut(),
+                ) else {
+                    tracing::debug!(lan = %self.port.lan_name(), "forward: no machine {target} now; closing");
+                    return;
+                };
+                nat_host.inbound_tcp(&mut self.gateway, SocketAddrV4::new(ip, port), stream);
+            }
+            GatewayCommand::InboundUdp {
+                target,
+                port,
+                client,
+                payload,
+                socket,
+            } => {
+                if let (Some(ip), Some(nat_host)) = (
+                    resolve_target(&self.gateway, &target),
+                    self.nat_host.as_mut(),
+                ) {
+                    let to = SocketAddrV4::new(ip, port);
+                    nat_host.inbound_udp(&mut self.gateway, client, to, &payload, socket);
+                }
+            }
+            GatewayCommand::Describe(reply) => {
+                let _ = reply.send(self.describe());
+            }
+        }
+    }
+
+    /// Leases and flows of this LAN, as the admin API shows them.
+    fn describe(&self) -> serde_json::Value {
+        let now = Instant::now();
+        let leases: Vec<serde_json::Value> = self
+            .gateway
+            .dhcp()
+            .leases()
+            .map(|lease| {
+                serde_json::json!({
+                    "ip": lease.ip.to_string(),
+                    "mac": lease.mac.to_string(),
+                    "host_name": lease.host_name,
+                    "static": lease.is_static,
+                    "expires_in_secs": lease.expires.saturating_duration_since(now).as_secs(),
+                })
+            })
+            .collect();
+        let flows: Vec<serde_json::Value> = self
+            .gateway
+            .nat()
+            .map(|nat| {
+                nat.flows()
+                    .map(|flow| {
+                        serde_json::json!({
+                            "id": flow.id.0,
+                            "protocol": flow.protocol.as_str(),
+                            "vm": flow.vm.to_string(),
+                            "remote": flow.remote.map(|r| r.to_string()),
+                            "idle_secs": flow.idle.as_secs(),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        serde_json::json!({ "leases": leases, "flows": flows })
     }
 
     fn publish_leases(&self) {

@@ -11,6 +11,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::forward::Forwards;
 use crate::gateway_port::{
     DHCP_TYPE_NAMES, DNS_OUTCOME_NAMES, GatewayStatsRegistry, GatewayTotals, LEASE_EVENT_NAMES,
 };
@@ -22,6 +23,7 @@ struct RelayCollector {
     lans: Arc<LanRegistry>,
     gateways: Arc<GatewayStatsRegistry>,
     gateway_totals: Arc<GatewayTotals>,
+    forwards: Arc<Forwards>,
 }
 
 /// The registry behind `/metrics`.
@@ -29,12 +31,14 @@ pub fn registry(
     lans: Arc<LanRegistry>,
     gateways: Arc<GatewayStatsRegistry>,
     gateway_totals: Arc<GatewayTotals>,
+    forwards: Arc<Forwards>,
 ) -> Registry {
     let mut registry = Registry::with_prefix("v86_relay");
     registry.register_collector(Box::new(RelayCollector {
         lans,
         gateways,
         gateway_totals,
+        forwards,
     }));
     registry
 }
@@ -314,6 +318,18 @@ impl Collector for RelayCollector {
             "nat_host_tasks",
             "Live NAT host tasks (connects, readers, writers)",
             self.gateway_totals.nat_tasks.get().max(0) as usize,
+        )?;
+        gauge(
+            &mut encoder,
+            "forwards_active",
+            "Inbound port forwards in effect",
+            self.forwards.count(),
+        )?;
+        counter(
+            &mut encoder,
+            "forward_connections",
+            "Connections accepted by TCP port forwards",
+            self.forwards.connections.load(Relaxed),
         )?;
         gauge(
             &mut encoder,

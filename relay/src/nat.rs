@@ -265,6 +265,8 @@ enum HostFlow {
         socket: Arc<UdpSocket>,
         reader: AbortHandle,
     },
+    /// A UDP forward's client: answers leave from the forward's socket.
+    InboundUdp(Arc<UdpSocket>),
 }
 
 struct TcpFlow {
@@ -284,6 +286,7 @@ impl Drop for HostFlow {
             HostFlow::Connecting(task) => task.abort(),
             HostFlow::Tcp(flow) => flow.tasks.iter().for_each(AbortHandle::abort),
             HostFlow::Udp { reader, .. } => reader.abort(),
+            HostFlow::InboundUdp(_) => {}
         }
     }
 }
@@ -438,6 +441,36 @@ impl NatHost {
         }
     }
 
+    /// A host connection for a TCP forward to `target` in this LAN.
+    pub fn inbound_tcp(&mut self, gateway: &mut Gateway, target: SocketAddrV4, stream: TcpStream) {
+        let Some(nat) = gateway.nat_mut() else {
+            return;
+        };
+        if let Some(flow) = nat.open_inbound_tcp(Instant::now(), target) {
+            let tcp = self.spawn_tcp(flow, stream);
+            self.flows.insert(flow, HostFlow::Tcp(tcp));
+        }
+    }
+
+    /// A datagram from a UDP forward's client for `target` in this LAN.
+    pub fn inbound_udp(
+        &mut self,
+        gateway: &mut Gateway,
+        client: SocketAddrV4,
+        target: SocketAddrV4,
+        payload: &[u8],
+        socket: Arc<UdpSocket>,
+    ) {
+        let Some(nat) = gateway.nat_mut() else {
+            return;
+        };
+        if let Some(flow) = nat.inbound_udp(Instant::now(), client, target, payload) {
+            self.flows
+                .entry(flow)
+                .or_insert_with(|| HostFlow::InboundUdp(socket));
+        }
+    }
+
     fn act(&mut self, nat: &mut gateway::Nat, action: NatAction) {
         match action {
             NatAction::TcpConnect { flow, vm, to } => {
@@ -489,6 +522,15 @@ impl NatHost {
             } => self.ping(flow, to, seq, &payload),
             NatAction::Close { flow } => {
                 self.flows.remove(&flow);
+            }
+            NatAction::ForwardReply {
+                flow,
+                client,
+                payload,
+            } => {
+                if let Some(HostFlow::InboundUdp(socket)) = self.flows.get(&flow) {
+                    let _ = socket.try_send_to(&payload, SocketAddr::V4(client));
+                }
             }
         }
     }

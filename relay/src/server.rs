@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::forward::{Forwards, GatewayDirectory};
 use crate::gateway_port::{GatewayHooks, GatewayStatsRegistry, GatewayTotals};
 use crate::lan::{LanName, LanRegistry};
 use crate::leases::LeaseStore;
@@ -43,6 +44,8 @@ pub struct Relay {
     pub app: Arc<AppState>,
     pub listen_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    /// Inbound port forwards; they stop with the relay.
+    pub forwards: Arc<Forwards>,
     servers: TaskTracker,
 }
 
@@ -54,6 +57,8 @@ pub enum StartError {
     Dns(String),
     #[error("config [nat]: {0}")]
     Nat(String),
+    #[error("{0}")]
+    Forward(#[from] crate::forward::ForwardError),
     #[error(
         "cannot listen on {addr} ({key}): {source}. Pick a free address with --{flag} or stop the program using it."
     )]
@@ -105,6 +110,8 @@ impl Relay {
         let gateways = Arc::new(GatewayStatsRegistry::default());
         let gateway_totals = Arc::new(GatewayTotals::default());
         let nat = nat_shared(&config, &gateway_totals)?;
+        let directory = Arc::new(GatewayDirectory::default());
+        let forwards = Arc::new(Forwards::default());
         lans.set_hooks(Arc::new(GatewayHooks {
             config: Arc::new(config.clone()),
             upstream,
@@ -112,7 +119,12 @@ impl Relay {
             totals: gateway_totals.clone(),
             gateways: gateways.clone(),
             nat,
+            directory: directory.clone(),
         }));
+        for text in &config.nat.forwards {
+            let forward = text.parse().map_err(StartError::Nat)?;
+            forwards.add(forward, &directory).await?;
+        }
         let app = Arc::new(AppState {
             leases: leases.clone(),
             config,
@@ -157,7 +169,20 @@ impl Relay {
                 lans.clone(),
                 gateways.clone(),
                 gateway_totals.clone(),
-            )));
+                forwards.clone(),
+            )))
+            .merge(crate::admin::router(Arc::new(crate::admin::AdminState {
+                lans: lans.clone(),
+                directory: directory.clone(),
+                forwards: forwards.clone(),
+                token: app.config.server.admin_token.clone(),
+                listen: addr,
+            })));
+            if !addr.ip().is_loopback() && app.config.server.admin_token.is_none() {
+                tracing::warn!(
+                    "the admin API on {addr} is refused until --admin-token is set (the listener is not loopback)"
+                );
+            }
             let shutdown = app.shutdown.clone();
             servers.spawn(async move {
                 let serve = axum::serve(listener, router)
@@ -192,6 +217,7 @@ impl Relay {
             app,
             listen_addr,
             metrics_addr,
+            forwards,
             servers,
         })
     }

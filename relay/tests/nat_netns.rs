@@ -377,3 +377,137 @@ fn killed_remote_vm_process_or_websocket_leave_no_flow_behind() {
     wait_no_flows(metrics_port, Duration::from_secs(20));
     drop(remote);
 }
+
+/// An HTTP server (in a VM namespace) that answers with the client's address.
+const WHO_ASKS: &str = "import http.server\nclass H(http.server.BaseHTTPRequestHandler):\n def do_GET(self):\n  b=self.client_address[0].encode()\n  self.send_response(200); self.send_header('Content-Length',str(len(b))); self.end_headers(); self.wfile.write(b)\n def log_message(self,*a): pass\nhttp.server.HTTPServer(('0.0.0.0',8000),H).serve_forever()\n";
+
+const UDP_ECHO_ANY: &str = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',7000))\nwhile True:\n d,a=s.recvfrom(65535)\n s.sendto(b'vm:'+d,a)\n";
+
+fn host_curl(url: &str) -> Option<String> {
+    let out = run(&["curl", "-sS", "--max-time", "5", url]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn host_curl_json(method: &str, url: &str, body: Option<&str>) -> serde_json::Value {
+    let mut args = vec!["curl", "-sS", "--max-time", "5", "-X", method, url];
+    if let Some(body) = body {
+        args.extend(["-H", "Content-Type: application/json", "-d", body]);
+    }
+    let out = run(&args);
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn inbound_forwards_follow_the_vm_across_a_new_lease() {
+    if !root_or_skip("inbound_forwards_follow_the_vm") {
+        return;
+    }
+    let scratch = Scratch::new("fwd");
+    let tcp_port = free_port();
+    let udp_port = free_port();
+    let tcp_forward = format!("tcp:127.0.0.1:{tcp_port}=nat/fwdweb:8000");
+    let udp_forward = format!("udp:127.0.0.1:{udp_port}=nat/fwdweb:7000");
+    let (_relay, _port, metrics_port, vm_ns, _tap) = relay_and_vm(
+        "fwdweb",
+        &scratch,
+        &["--forward", &tcp_forward, "--forward", &udp_forward],
+    );
+    let spawn_in_vm = |script: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", &vm_ns.name, "python3", "-c", script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(Proc)
+            .unwrap()
+    };
+    let _web = spawn_in_vm(WHO_ASKS);
+    let _echo = spawn_in_vm(UDP_ECHO_ANY);
+    wait_listening(&vm_ns, "127.0.0.1", 8000);
+
+    // The connection reaches the VM from the gateway address.
+    let url = format!("http://127.0.0.1:{tcp_port}/");
+    assert_eq!(host_curl(&url).as_deref(), Some("10.0.2.2"));
+    let udp_echo = || {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let mut buffer = [0u8; 64];
+        for _ in 0..5 {
+            socket.send_to(b"ping", ("127.0.0.1", udp_port)).unwrap();
+            if let Ok(n) = socket.recv(&mut buffer) {
+                return String::from_utf8_lossy(&buffer[..n]).into_owned();
+            }
+        }
+        String::new()
+    };
+    assert_eq!(udp_echo(), "vm:ping");
+
+    // A new MAC and a new lease with the same host name: the forward follows the name.
+    vm_ns.ip(&["link", "set", "tap0", "address", "52:54:00:aa:00:99"]);
+    let lease = udhcpc(&vm_ns, &scratch.0, Some("fwdweb"), &[]);
+    assert_ne!(
+        lease.get("ip").map(String::as_str),
+        Some("10.0.2.15"),
+        "{lease:?}"
+    );
+    assert_eq!(host_curl(&url).as_deref(), Some("10.0.2.2"));
+    assert_eq!(udp_echo(), "vm:ping");
+
+    // The admin API lists the LAN's leases and flows, and adds and removes forwards.
+    let admin = format!("http://127.0.0.1:{metrics_port}/admin");
+    let lans = host_curl_json("GET", &format!("{admin}/lans"), None);
+    let nat_lan = lans["lans"]
+        .as_array()
+        .and_then(|l| l.iter().find(|lan| lan["name"] == "nat"))
+        .unwrap_or_else(|| panic!("LAN nat not listed: {lans}"));
+    assert!(
+        nat_lan["leases"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|lease| lease["host_name"] == "fwdweb")),
+        "{nat_lan}"
+    );
+    let by_mac_port = free_port();
+    let added = host_curl_json(
+        "POST",
+        &format!("{admin}/forwards"),
+        Some(&format!(
+            r#"{{"forward": "tcp:127.0.0.1:{by_mac_port}=nat/52:54:00:aa:00:99:8000"}}"#
+        )),
+    );
+    let id = added["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("add failed: {added}"));
+    let by_mac = format!("http://127.0.0.1:{by_mac_port}/");
+    assert_eq!(host_curl(&by_mac).as_deref(), Some("10.0.2.2"));
+    let listed = host_curl_json("GET", &format!("{admin}/forwards"), None);
+    assert_eq!(
+        listed["forwards"].as_array().map(Vec::len),
+        Some(3),
+        "{listed}"
+    );
+    run(&[
+        "curl",
+        "-sS",
+        "-X",
+        "DELETE",
+        &format!("{admin}/forwards/{id}"),
+    ]);
+    assert_eq!(host_curl(&by_mac), None, "removed forward still answers");
+    let bad = host_curl_json(
+        "POST",
+        &format!("{admin}/forwards"),
+        Some(r#"{"forward": "tcp:127.0.0.1:1=nat"}"#),
+    );
+    assert!(
+        bad["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("PROTO:LISTEN_IP:PORT")),
+        "{bad}"
+    );
+    let text = metrics(metrics_port);
+    assert_eq!(sample(&text, "v86_relay_forwards_active"), 2);
+}

@@ -117,6 +117,12 @@ pub enum NatAction {
     },
     /// The flow is gone: drop its host socket and tasks.
     Close { flow: FlowId },
+    /// A VM answered a UDP forward's `client`: send `payload` from the forward's socket.
+    ForwardReply {
+        flow: FlowId,
+        client: SocketAddrV4,
+        payload: Vec<u8>,
+    },
 }
 
 /// Why a host connect failed; decides what the VM is told.
@@ -142,6 +148,18 @@ pub struct TcpStatus {
     pub vm_finished: bool,
 }
 
+/// One flow as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowInfo {
+    pub id: FlowId,
+    pub protocol: NatProtocol,
+    /// The VM's side.
+    pub vm: SocketAddrV4,
+    /// The far side as the VM sees it (the gateway address for inbound forwards).
+    pub remote: Option<SocketAddrV4>,
+    pub idle: Duration,
+}
+
 /// Counters and gauges of the NAT.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NatStats {
@@ -162,6 +180,8 @@ pub struct NatStats {
     pub unsolicited: u64,
     /// Gauge: DNS over TCP connections.
     pub dns_tcp_connections: usize,
+    /// Connections opened into VMs for port forwards.
+    pub inbound_connections: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -190,6 +210,17 @@ enum FlowKind {
         ident: u16,
         to: Ipv4Addr,
     },
+    /// A UDP forward's client, seen by the VM as the gateway address and `gateway_port`.
+    InboundUdp {
+        key: InboundUdpKey,
+        gateway_port: u16,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct InboundUdpKey {
+    client: SocketAddrV4,
+    target: SocketAddrV4,
 }
 
 #[derive(Debug)]
@@ -207,6 +238,7 @@ impl Flow {
             FlowKind::Tcp { .. } => NatProtocol::Tcp,
             FlowKind::Udp { .. } => NatProtocol::Udp,
             FlowKind::Ping { .. } => NatProtocol::Icmp,
+            FlowKind::InboundUdp { .. } => NatProtocol::Udp,
         }
     }
 }
@@ -226,6 +258,8 @@ const DNS_PORT: u16 = 53;
 const DNS_TCP_IDLE: Duration = Duration::from_secs(30);
 /// How often flows are checked for timeouts.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Gateway-side ports of inbound forward connections (the IANA dynamic range).
+const INBOUND_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
 
 #[derive(Debug)]
 struct DnsConn {
@@ -254,6 +288,8 @@ pub struct Nat {
     tcp_by_handle: HashMap<SocketHandle, FlowId>,
     udp_flows: HashMap<SocketAddrV4, FlowId>,
     ping_flows: HashMap<(Ipv4Addr, u16), FlowId>,
+    inbound_udp: HashMap<InboundUdpKey, FlowId>,
+    inbound_udp_ports: HashMap<u16, FlowId>,
     usage: HashMap<Ipv4Addr, VmUsage>,
     status_queue: VecDeque<FlowId>,
     dns_listener: Option<SocketHandle>,
@@ -261,6 +297,7 @@ pub struct Nat {
     dns_queries: VecDeque<(dns::ClientId, Vec<u8>)>,
     next_dns_conn: u64,
     next_sweep: Instant,
+    next_inbound_port: u16,
     stats: NatStats,
 }
 
@@ -319,6 +356,8 @@ impl Nat {
             tcp_by_handle: HashMap::new(),
             udp_flows: HashMap::new(),
             ping_flows: HashMap::new(),
+            inbound_udp: HashMap::new(),
+            inbound_udp_ports: HashMap::new(),
             usage: HashMap::new(),
             status_queue: VecDeque::new(),
             dns_listener: None,
@@ -326,6 +365,7 @@ impl Nat {
             dns_queries: VecDeque::new(),
             next_dns_conn: 1,
             next_sweep: now + SWEEP_INTERVAL,
+            next_inbound_port: *INBOUND_PORTS.start(),
             stats: NatStats::default(),
         };
         nat.ensure_dns_listener();
@@ -808,6 +848,174 @@ impl Nat {
         }
     }
 
+    /// Opens a TCP connection from the gateway address to a VM, for an inbound port
+    /// forward; move data as for outbound flows once it is established. `None` when no
+    /// local port is free or the LAN is at its flow limit.
+    pub fn open_inbound_tcp(&mut self, now: Instant, target: SocketAddrV4) -> Option<FlowId> {
+        if self.flows.len() >= self.config.max_flows {
+            self.stats.denied.add(DenyReason::Limit);
+            return None;
+        }
+        let mut chosen = None;
+        for _ in 0..INBOUND_PORTS.len() {
+            let port = self.next_inbound_port;
+            self.next_inbound_port = if port >= *INBOUND_PORTS.end() {
+                *INBOUND_PORTS.start()
+            } else {
+                port + 1
+            };
+            let key = TcpKey {
+                vm: target,
+                remote: SocketAddrV4::new(self.gateway_ip, port),
+            };
+            if !self.tcp_flows.contains_key(&key) {
+                chosen = Some((port, key));
+                break;
+            }
+        }
+        let (port, key) = chosen?;
+        self.stamp(now);
+        let mut socket = self.new_tcp_socket();
+        socket
+            .connect(
+                self.iface.context(),
+                IpEndpoint::new(IpAddress::Ipv4(*target.ip()), target.port()),
+                IpListenEndpoint {
+                    addr: Some(IpAddress::Ipv4(self.gateway_ip)),
+                    port,
+                },
+            )
+            .ok()?;
+        let handle = self.sockets.add(socket);
+        let flow = self.new_flow(
+            now,
+            *target.ip(),
+            FlowKind::Tcp {
+                key,
+                handle,
+                connecting: None,
+            },
+        );
+        self.tcp_flows.insert(key, flow);
+        self.tcp_by_handle.insert(handle, flow);
+        self.stats.inbound_connections += 1;
+        self.poll(now);
+        Some(flow)
+    }
+
+    /// A datagram from `client` of a UDP forward, for `target` in the LAN. It leaves from
+    /// the gateway address on a port kept for this client, so the VM's answers come back
+    /// as [`NatAction::ForwardReply`].
+    pub fn inbound_udp(
+        &mut self,
+        now: Instant,
+        client: SocketAddrV4,
+        target: SocketAddrV4,
+        payload: &[u8],
+    ) -> Option<FlowId> {
+        let key = InboundUdpKey { client, target };
+        let flow = match self.inbound_udp.get(&key) {
+            Some(&flow) => flow,
+            None => {
+                if self.flows.len() >= self.config.max_flows {
+                    self.stats.denied.add(DenyReason::Limit);
+                    return None;
+                }
+                let gateway_port = self.free_inbound_udp_port()?;
+                let flow = self.new_flow(
+                    now,
+                    *target.ip(),
+                    FlowKind::InboundUdp { key, gateway_port },
+                );
+                self.inbound_udp.insert(key, flow);
+                self.inbound_udp_ports.insert(gateway_port, flow);
+                flow
+            }
+        };
+        let entry = self.flows.get_mut(&flow)?;
+        entry.last_active = now;
+        let FlowKind::InboundUdp { gateway_port, .. } = entry.kind else {
+            return None;
+        };
+        self.stats.bytes_in += payload.len() as u64;
+        self.push_udp(
+            SocketAddrV4::new(self.gateway_ip, gateway_port),
+            target,
+            payload,
+        );
+        Some(flow)
+    }
+
+    fn free_inbound_udp_port(&mut self) -> Option<u16> {
+        for _ in 0..INBOUND_PORTS.len() {
+            let port = self.next_inbound_port;
+            self.next_inbound_port = if port >= *INBOUND_PORTS.end() {
+                *INBOUND_PORTS.start()
+            } else {
+                port + 1
+            };
+            if !self.inbound_udp_ports.contains_key(&port) {
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    /// UDP from a VM to the gateway address: an answer to a UDP forward's client, or
+    /// (with host loopback) a datagram for the host. `false` when neither.
+    pub(crate) fn handle_udp_to_gateway(
+        &mut self,
+        now: Instant,
+        ip: &Ipv4Repr,
+        udp: &UdpRepr,
+        datagram: &[u8],
+    ) -> bool {
+        if let Some(&flow) = self.inbound_udp_ports.get(&udp.dst_port)
+            && let Some(entry) = self.flows.get_mut(&flow)
+            && let FlowKind::InboundUdp { key, .. } = entry.kind
+            && key.target == SocketAddrV4::new(ip.src_addr, udp.src_port)
+        {
+            entry.last_active = now;
+            let payload = &datagram[UDP_HEADER_LEN.min(datagram.len())..];
+            self.stats.bytes_out += payload.len() as u64;
+            self.actions.push_back(NatAction::ForwardReply {
+                flow,
+                client: key.client,
+                payload: payload.to_vec(),
+            });
+            return true;
+        }
+        if self.config.host_loopback {
+            self.handle_udp(now, ip, udp, datagram);
+            return true;
+        }
+        false
+    }
+
+    /// Every live flow, for the admin API.
+    pub fn flows(&self) -> impl Iterator<Item = FlowInfo> + '_ {
+        self.flows.iter().map(|(&id, flow)| {
+            let (vm, remote) = match &flow.kind {
+                FlowKind::Tcp { key, .. } => (key.vm, Some(key.remote)),
+                FlowKind::Udp { vm, peers } => (*vm, peers.last().copied()),
+                FlowKind::Ping { vm, to, .. } => {
+                    (SocketAddrV4::new(*vm, 0), Some(SocketAddrV4::new(*to, 0)))
+                }
+                FlowKind::InboundUdp { key, gateway_port } => (
+                    key.target,
+                    Some(SocketAddrV4::new(self.gateway_ip, *gateway_port)),
+                ),
+            };
+            FlowInfo {
+                id,
+                protocol: flow.protocol(),
+                vm,
+                remote,
+                idle: self.last_now.saturating_duration_since(flow.last_active),
+            }
+        })
+    }
+
     // ---- DNS over TCP ----
 
     /// A DNS query that arrived over TCP, for the DNS proxy.
@@ -1016,6 +1224,10 @@ impl Nat {
             FlowKind::Ping { vm, ident, .. } => {
                 self.ping_flows.remove(&(vm, ident));
             }
+            FlowKind::InboundUdp { key, gateway_port } => {
+                self.inbound_udp.remove(&key);
+                self.inbound_udp_ports.remove(&gateway_port);
+            }
         }
         if tell_driver {
             self.actions.push_back(NatAction::Close { flow });
@@ -1065,7 +1277,7 @@ impl Nat {
                         self.config.tcp_transitory_timeout
                     }
                 }
-                FlowKind::Udp { .. } => self.config.udp_idle_timeout,
+                FlowKind::Udp { .. } | FlowKind::InboundUdp { .. } => self.config.udp_idle_timeout,
                 FlowKind::Ping { .. } => self.config.ping_idle_timeout,
             };
             if idle >= limit {
