@@ -37,16 +37,18 @@
 //! - **IPv4**: header length, checksum and total length are checked, and the total length
 //!   (not the frame length: ne2k pads to 60 bytes) bounds the payload. Options are
 //!   skipped. Broadcast, multicast or our own addresses as source are malformed.
-//!   Packets to anything but our two addresses and broadcast are dropped and counted in
-//!   `not_routed` (NAT will route them). Fragments to us are dropped and counted.
+//!   Packets to anything but our two addresses and broadcast go to the NAT when it is
+//!   enabled ([`Gateway::enable_nat`], see [`Nat`]), and are otherwise dropped and
+//!   counted in `not_routed`. Fragments to us are dropped and counted.
 //! - **ICMP**: echo requests to either address get a reply with the same id, sequence and
 //!   data. Broadcast pings and other ICMP are ignored.
 //! - **DHCP**: UDP to port 67 (broadcast or our address) goes to the server; replies go
 //!   from the server id, port 67 to 68, to the [`dhcp::ReplyTarget`].
 //! - **DNS**: UDP to `dns_ip`:53 goes to the proxy; answers come from `dns_ip`:53. Late
 //!   answers (upstream) are addressed through the neighbour cache (IP -> MAC, learned from
-//!   ARP senders, IPv4 sources and leases, least recently seen evicted). TCP to
-//!   `dns_ip`:53 gets a RST: DNS over TCP needs TCP termination, which comes with NAT.
+//!   ARP senders, IPv4 sources and leases, least recently seen evicted). With NAT on,
+//!   DNS over TCP is served too (smoltcp terminates it); without, TCP to `dns_ip`:53
+//!   gets a RST.
 //! - **Lease names**: `Bound` with a host name publishes `host -> ip` in DNS; `Released`,
 //!   `Expired`, `Declined` and `Bound` without a name withdraw it.
 //! - **Emitted packets**: TTL 64, DF, correct checksums, frames padded to 60 bytes; IPv4
@@ -57,7 +59,7 @@
 
 mod config;
 mod gateway;
-mod nat;
+pub mod nat;
 mod neighbors;
 
 #[cfg(test)]

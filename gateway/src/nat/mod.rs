@@ -268,7 +268,7 @@ struct DnsConn {
 }
 
 /// The NAT of one LAN. Owned by [`crate::Gateway`], which classifies frames and wraps the
-/// packets of [`Self::poll_packet`] in Ethernet.
+/// packets it emits in Ethernet.
 pub struct Nat {
     config: NatConfig,
     gateway_ip: Ipv4Addr,
