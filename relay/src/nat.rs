@@ -352,6 +352,8 @@ pub struct NatHost {
     events: mpsc::Sender<HostEvent>,
     flows: HashMap<FlowId, HostFlow>,
     ping: Option<PingSocket>,
+    /// Ping flows alive; the ping socket closes with the last.
+    ping_flows: std::collections::HashSet<FlowId>,
     lan: String,
 }
 
@@ -362,6 +364,7 @@ impl NatHost {
             events,
             flows: HashMap::new(),
             ping: None,
+            ping_flows: std::collections::HashSet::new(),
             lan: lan.to_owned(),
         }
     }
@@ -522,6 +525,9 @@ impl NatHost {
             } => self.ping(flow, to, seq, &payload),
             NatAction::Close { flow } => {
                 self.flows.remove(&flow);
+                if self.ping_flows.remove(&flow) && self.ping_flows.is_empty() {
+                    self.ping = None;
+                }
             }
             NatAction::ForwardReply {
                 flow,
@@ -678,6 +684,7 @@ impl NatHost {
         let Some(ping) = self.ping.as_mut() else {
             return;
         };
+        self.ping_flows.insert(flow);
         let host_seq = ping.next_seq;
         ping.next_seq = ping.next_seq.wrapping_add(1);
         if let Some(old) = ping
