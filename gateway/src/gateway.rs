@@ -16,6 +16,7 @@ use smoltcp::wire::{
 };
 
 use crate::config::GatewayConfig;
+use crate::nat::{Nat, NatConfig};
 use crate::neighbors::NeighborCache;
 
 /// TTL of every packet we emit (Linux's default).
@@ -67,6 +68,8 @@ pub struct GatewayStats {
     pub neighbors: usize,
     /// Gauge: frames waiting in [`Gateway::poll_frame`].
     pub queued_frames: usize,
+    /// IPv4 handed to the NAT (outside addresses, DNS over TCP, host loopback).
+    pub nat_packets: u64,
 }
 
 /// The router port of one LAN. See the crate documentation for the driving loop.
@@ -82,6 +85,8 @@ pub struct Gateway {
     frames: VecDeque<Vec<u8>>,
     lease_events: VecDeque<LeaseEvent>,
     stats: GatewayStats,
+    /// Routes traffic to outside addresses once enabled; without it, that is `not_routed`.
+    nat: Option<Box<Nat>>,
 }
 
 /// Where an IPv4 packet that reached the gateway port is headed.
@@ -112,6 +117,7 @@ impl Gateway {
             frames: VecDeque::new(),
             lease_events: VecDeque::new(),
             stats: GatewayStats::default(),
+            nat: None,
         };
         // The server may come with leases already (restored before it was handed over).
         gateway.republish_leases();
@@ -123,21 +129,46 @@ impl Gateway {
         &self.config
     }
 
+    /// Routes packets to outside addresses through NAT (see [`crate::nat`]), and serves
+    /// DNS over TCP. Without it they are dropped and counted in `not_routed`.
+    pub fn enable_nat(&mut self, config: NatConfig, now: Instant) {
+        self.nat = Some(Box::new(Nat::new(config, &self.config, now)));
+    }
+
+    pub fn nat(&self) -> Option<&Nat> {
+        self.nat.as_deref()
+    }
+
+    /// For the driver's host-socket results; the frames they cause come out of
+    /// [`Self::poll_frame`].
+    pub fn nat_mut(&mut self) -> Option<&mut Nat> {
+        self.nat.as_deref_mut()
+    }
+
     /// Every frame the LAN's switch delivers to the gateway port: broadcasts (ARP, DHCP
     /// discover) and unicast to the gateway MAC. Frames for other MACs are ignored.
     pub fn handle_frame(&mut self, now: Instant, frame: &[u8]) {
         self.sync_leases();
         self.dispatch_frame(now, frame);
-        self.drain_dns_answers();
+        self.drain_dns_tcp_queries(now);
+        self.drain_dns_answers(now);
         self.sync_leases();
         self.stats.neighbors = self.neighbors.len();
     }
 
     /// The next frame to put on the LAN (source MAC = `gateway_mac`).
     pub fn poll_frame(&mut self) -> Option<Vec<u8>> {
-        let frame = self.frames.pop_front();
-        self.stats.queued_frames = self.frames.len();
-        frame
+        if let Some(frame) = self.frames.pop_front() {
+            self.stats.queued_frames = self.frames.len();
+            return Some(frame);
+        }
+        // NAT packets are framed only now: no second queue to bound.
+        loop {
+            let packet = self.nat.as_mut()?.poll_packet()?;
+            if let Some(frame) = self.frame_nat_packet(packet) {
+                return Some(frame);
+            }
+        }
     }
 
     /// The next lookup for the driver to resolve upstream (see [`DnsProxy::poll_upstream`]).
@@ -148,15 +179,17 @@ impl Gateway {
     /// The upstream result for lookup `id`; the answers it unblocks are queued as frames.
     pub fn handle_dns_upstream(&mut self, now: Instant, id: UpstreamId, result: UpstreamResult) {
         self.dns.handle_upstream(now, id, result);
-        self.drain_dns_answers();
+        self.drain_dns_answers(now);
     }
 
-    /// When [`Self::handle_timeout`] next has work: the earlier of the DHCP and DNS timers.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.dhcp.poll_timeout(), self.dns.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+    /// When [`Self::handle_timeout`] next has work: the earliest of the DHCP, DNS and NAT
+    /// timers.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let nat = self.nat.as_mut().and_then(|nat| nat.poll_timeout());
+        [self.dhcp.poll_timeout(), self.dns.poll_timeout(), nat]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Expires leases and offers, fails overdue DNS lookups (their SERVFAIL answers are
@@ -164,7 +197,11 @@ impl Gateway {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.dhcp.handle_timeout(now);
         self.dns.handle_timeout(now);
-        self.drain_dns_answers();
+        if let Some(nat) = self.nat.as_mut() {
+            nat.handle_timeout(now);
+        }
+        self.drain_dns_tcp_queries(now);
+        self.drain_dns_answers(now);
         self.sync_leases();
     }
 
@@ -313,6 +350,10 @@ impl Gateway {
         self.learn(src, frame_src);
         let destination = self.destination(packet.dst_addr());
         match destination {
+            Destination::Elsewhere if self.nat.is_some() => {
+                self.route_out(now, &packet);
+                return;
+            }
             Destination::Elsewhere => {
                 self.stats.not_routed += 1;
                 return;
@@ -337,6 +378,9 @@ impl Gateway {
                 self.handle_icmp(frame_src, &ip, data);
             }
             IpProtocol::Udp => self.handle_udp(now, frame_src, &ip, data),
+            IpProtocol::Tcp if destination == Destination::Local && self.nat.is_some() => {
+                self.route_local_tcp(now, &ip, &packet);
+            }
             IpProtocol::Tcp if destination == Destination::Local => {
                 self.handle_tcp(frame_src, &ip, data);
             }
@@ -410,6 +454,14 @@ impl Gateway {
             }
             DNS_PORT if ip.dst_addr == self.config.dns_ip => {
                 self.handle_dns_udp(now, frame_src, ip.src_addr, udp.src_port, payload);
+            }
+            _ if ip.dst_addr == self.config.gateway_ip
+                && self
+                    .nat
+                    .as_mut()
+                    .is_some_and(|nat| nat.handle_udp_to_gateway(now, ip, &udp, data)) =>
+            {
+                self.stats.nat_packets += 1;
             }
             _ => self.stats.ignored += 1,
         }
@@ -511,10 +563,134 @@ impl Gateway {
         );
     }
 
+    /// TCP to our own addresses with NAT on: DNS over TCP, host loopback, or a RST (smoltcp
+    /// answers segments no socket takes).
+    fn route_local_tcp(&mut self, now: Instant, ip: &Ipv4Repr, packet: &Ipv4Packet<&[u8]>) {
+        let Some(nat) = self.nat.as_mut() else {
+            return;
+        };
+        let bytes = &packet.as_ref()[..usize::from(packet.total_len())];
+        if nat.handle_tcp(now, ip, bytes, packet.payload()) {
+            self.stats.nat_packets += 1;
+        } else {
+            self.stats.malformed += 1;
+        }
+    }
+
+    /// A packet to an outside address: NAT, if the source is one of the LAN's hosts.
+    fn route_out(&mut self, now: Instant, packet: &Ipv4Packet<&[u8]>) {
+        let src = packet.src_addr();
+        if !self.config.is_host_address(src) {
+            // Only LAN hosts get NAT: this also bounds the NAT's per-VM state.
+            self.stats.ignored += 1;
+            return;
+        }
+        if packet.more_frags() || packet.frag_offset() != 0 {
+            self.stats.fragments += 1;
+            return;
+        }
+        let caps = ChecksumCapabilities::default();
+        let Ok(ip) = Ipv4Repr::parse(packet, &caps) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let Some(nat) = self.nat.as_mut() else {
+            return;
+        };
+        let data = packet.payload();
+        let handled = match ip.next_header {
+            IpProtocol::Tcp => {
+                let bytes = &packet.as_ref()[..usize::from(packet.total_len())];
+                nat.handle_tcp(now, &ip, bytes, data)
+            }
+            IpProtocol::Udp => match UdpPacket::new_checked(data).and_then(|udp| {
+                UdpRepr::parse(
+                    &udp,
+                    &IpAddress::Ipv4(ip.src_addr),
+                    &IpAddress::Ipv4(ip.dst_addr),
+                    &caps,
+                )
+            }) {
+                Ok(udp) => {
+                    nat.handle_udp(now, &ip, &udp, data);
+                    true
+                }
+                Err(_) => false,
+            },
+            IpProtocol::Icmp => match Icmpv4Packet::new_checked(data)
+                .and_then(|icmp| Icmpv4Repr::parse(&icmp, &caps))
+            {
+                Ok(Icmpv4Repr::EchoRequest {
+                    ident,
+                    seq_no,
+                    data,
+                }) => {
+                    nat.handle_ping(now, &ip, ident, seq_no, data);
+                    true
+                }
+                Ok(_) => {
+                    self.stats.ignored += 1;
+                    return;
+                }
+                Err(_) => false,
+            },
+            _ => {
+                self.stats.ignored += 1;
+                return;
+            }
+        };
+        if handled {
+            self.stats.nat_packets += 1;
+        } else {
+            self.stats.malformed += 1;
+        }
+    }
+
+    /// Wraps a NAT packet (with headroom) in Ethernet to the VM that owns its destination.
+    fn frame_nat_packet(&mut self, mut packet: Vec<u8>) -> Option<Vec<u8>> {
+        let headroom = Nat::HEADROOM;
+        let dst = Ipv4Packet::new_checked(&packet[headroom..])
+            .ok()?
+            .dst_addr();
+        let Some(mac) = self.neighbors.lookup(dst) else {
+            self.stats.no_neighbor += 1;
+            return None;
+        };
+        if packet.len() - headroom > usize::from(self.config.mtu) {
+            self.stats.oversized += 1;
+            return None;
+        }
+        let eth = EthernetRepr {
+            src_addr: self.config.gateway_mac,
+            dst_addr: mac,
+            ethertype: EthernetProtocol::Ipv4,
+        };
+        eth.emit(&mut EthernetFrame::new_unchecked(&mut packet[..headroom]));
+        if packet.len() < MIN_FRAME_LEN {
+            packet.resize(MIN_FRAME_LEN, 0);
+        }
+        Some(packet)
+    }
+
+    /// DNS queries that came over TCP go to the proxy; answers go back on their connection.
+    fn drain_dns_tcp_queries(&mut self, now: Instant) {
+        let Some(nat) = self.nat.as_mut() else {
+            return;
+        };
+        while let Some((client, query)) = nat.poll_dns_query() {
+            self.stats.dns_queries += 1;
+            if let Ok(Some(answer)) = self.dns.handle_query(now, client, &query)
+                && let Transport::Tcp { conn } = client.transport
+            {
+                nat.dns_tcp_answer(now, conn, &answer);
+            }
+        }
+    }
+
     // ---- transmit path ----
 
     /// Answers the DNS proxy produced later (upstream results, timeouts).
-    fn drain_dns_answers(&mut self) {
+    fn drain_dns_answers(&mut self, now: Instant) {
         while let Some((client, answer)) = self.dns.poll_answer() {
             match client.transport {
                 Transport::Udp => match self.neighbors.lookup(*client.addr.ip()) {
@@ -524,8 +700,10 @@ impl Gateway {
                     }
                     None => self.stats.no_neighbor += 1,
                 },
-                // We never hand the proxy TCP queries (yet).
-                Transport::Tcp { .. } => self.stats.no_neighbor += 1,
+                Transport::Tcp { conn } => match self.nat.as_mut() {
+                    Some(nat) => nat.dns_tcp_answer(now, conn, &answer),
+                    None => self.stats.no_neighbor += 1,
+                },
             }
         }
     }

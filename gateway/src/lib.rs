@@ -57,6 +57,7 @@
 
 mod config;
 mod gateway;
+mod nat;
 mod neighbors;
 
 #[cfg(test)]
@@ -64,6 +65,10 @@ mod tests;
 
 pub use config::{ConfigError, GatewayConfig, MIN_MTU};
 pub use gateway::{Gateway, GatewayStats, MAX_PENDING_LEASE_EVENTS, MIN_FRAME_LEN, TTL};
+pub use nat::{
+    ConnectFailure, DenyCounts, DenyReason, EgressPolicy, FlowId, FlowInfo, Nat, NatAction,
+    NatConfig, NatProtocol, NatStats, PolicyRule, TcpStatus,
+};
 pub use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
 /// Re-exported so drivers use the same versions.
 pub use {dhcp, dns, smoltcp};

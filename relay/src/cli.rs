@@ -60,6 +60,21 @@ pub struct ServeArgs {
     /// File that keeps DHCP leases across restarts. [default: none]
     #[arg(long, env = "V86_RELAY_DHCP_STATE_FILE")]
     pub dhcp_state_file: Option<PathBuf>,
+    /// Connections from a VM to the gateway address reach this host's 127.0.0.1 on the
+    /// same port (for a dev server on the host). Off by default: a hosted relay must not.
+    #[arg(long, env = "V86_RELAY_HOST_LOOPBACK")]
+    pub host_loopback: bool,
+    /// Let VMs reach private (RFC 1918) and CGNAT addresses through NAT.
+    #[arg(long, env = "V86_RELAY_ALLOW_PRIVATE")]
+    pub allow_private: bool,
+    /// Inbound port forward, repeatable: `tcp:0.0.0.0:8080=default/10.0.2.15:80`. The
+    /// target may be a DHCP host name or a MAC instead of the IP (`default/web:80`).
+    #[arg(long, env = "V86_RELAY_FORWARD", value_delimiter = ',')]
+    pub forward: Vec<String>,
+    /// Bearer token for the admin API (/admin/* on the metrics listener). Required when
+    /// --metrics-listen is not a loopback address.
+    #[arg(long, env = "V86_RELAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 /// `--metrics-listen ADDR` or `--metrics-listen off`.

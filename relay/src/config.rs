@@ -28,6 +28,59 @@ pub struct Config {
     pub lans: std::collections::BTreeMap<String, toml::Table>,
     pub dns: DnsSection,
     pub dhcp: DhcpSection,
+    /// Internet access for the VMs (see [`crate::nat`]).
+    pub nat: NatSection,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatSection {
+    /// Route VM traffic to outside addresses through the relay's own sockets.
+    pub enabled: bool,
+    /// TCP/UDP to the gateway address reach the relay host's 127.0.0.1 (QEMU's 10.0.2.2).
+    pub host_loopback: bool,
+    /// Let VMs reach RFC 1918 and CGNAT addresses.
+    pub allow_private: bool,
+    /// `CIDR` or `CIDR:PORT` or `CIDR:LOW-HIGH`; checked after `deny`, before the defaults.
+    pub allow: Vec<String>,
+    /// Same syntax; checked first.
+    pub deny: Vec<String>,
+    pub denied_tcp_ports: Vec<u16>,
+    /// Each way, per TCP flow.
+    pub tcp_buffer_bytes: usize,
+    pub max_tcp_flows_per_vm: usize,
+    pub max_udp_flows_per_vm: usize,
+    pub new_flows_per_sec: u32,
+    pub connect_timeout_secs: u64,
+    pub tcp_idle_timeout_secs: u64,
+    /// A VM that stops answering loses its TCP connections after this long.
+    pub vm_timeout_secs: u64,
+    pub udp_idle_timeout_secs: u64,
+    /// Inbound forwards, as `--forward` spells them.
+    pub forwards: Vec<String>,
+}
+
+impl Default for NatSection {
+    fn default() -> Self {
+        let core = gateway::NatConfig::default();
+        Self {
+            enabled: true,
+            host_loopback: false,
+            allow_private: false,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            denied_tcp_ports: core.policy.denied_tcp_ports.clone(),
+            tcp_buffer_bytes: core.tcp_rx_buffer,
+            max_tcp_flows_per_vm: core.max_tcp_flows_per_vm,
+            max_udp_flows_per_vm: core.max_udp_flows_per_vm,
+            new_flows_per_sec: core.new_flows_per_sec,
+            connect_timeout_secs: 10,
+            tcp_idle_timeout_secs: core.tcp_idle_timeout.as_secs(),
+            vm_timeout_secs: core.tcp_vm_timeout.as_secs(),
+            udp_idle_timeout_secs: core.udp_idle_timeout.as_secs(),
+            forwards: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -51,6 +104,9 @@ pub struct ServerConfig {
     /// Prometheus `/metrics`; on its own listener so a public relay does not publish it.
     pub metrics_listen: Option<SocketAddr>,
     pub shutdown_grace_secs: u64,
+    /// Bearer token for the admin API on the metrics listener; required when that
+    /// listener is not on loopback.
+    pub admin_token: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -85,6 +141,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8086)),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9186))),
             shutdown_grace_secs: 5,
+            admin_token: None,
         }
     }
 }
@@ -137,6 +194,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config {section}: {problem}. See config.example.toml, section [network].")]
     Network { section: String, problem: String },
+    #[error("config [nat]: {0}")]
+    Nat(String),
     #[error("config key `{key}` = {value}: {problem}; {fix}")]
     Invalid {
         key: &'static str,
@@ -198,6 +257,16 @@ impl Config {
         if let Some(path) = &args.dhcp_state_file {
             self.dhcp.state_file = Some(path.clone());
         }
+        if let Some(token) = &args.admin_token {
+            self.server.admin_token = Some(token.clone());
+        }
+        if args.host_loopback {
+            self.nat.host_loopback = true;
+        }
+        if args.allow_private {
+            self.nat.allow_private = true;
+        }
+        self.nat.forwards.extend(args.forward.iter().cloned());
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -297,6 +366,14 @@ impl Config {
                 "out of range",
                 "use 256 to 1048576",
             );
+        }
+        if let Err(problem) = crate::nat::core_config(&self.nat) {
+            return Err(ConfigError::Nat(problem));
+        }
+        for forward in &self.nat.forwards {
+            if let Err(problem) = forward.parse::<crate::nat::Forward>() {
+                return Err(ConfigError::Nat(problem));
+            }
         }
         let tables = self.network_tables();
         let check = |lan: &str| -> Result<(), ConfigError> {

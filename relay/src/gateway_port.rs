@@ -3,6 +3,7 @@
 //! and keeps its leases in the [`LeaseStore`]. A LAN with a gateway stays after its last
 //! client leaves while it still holds dynamic leases: v86 reconnects with its old address.
 
+use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,8 +13,10 @@ use gateway::Gateway;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::forward::{GatewayCommand, GatewayDirectory, resolve_target};
 use crate::lan::{Lan, LanHooks, LanRegistry, Port, PortReceiver, Transport};
 use crate::leases::LeaseStore;
+use crate::nat::{HostEvent, NatHost, NatShared};
 use crate::upstream::Upstream;
 
 /// Relay-wide gateway counters for /metrics (summed over LANs as they happen).
@@ -21,6 +24,8 @@ use crate::upstream::Upstream;
 pub struct GatewayTotals {
     pub dhcp_events: [AtomicU64; 5],
     pub dns_upstream_queries: AtomicU64,
+    /// Live NAT host tasks (connects, readers, writers).
+    pub nat_tasks: Arc<crate::nat::TaskGauge>,
 }
 
 pub const LEASE_EVENT_NAMES: [&str; 5] =
@@ -34,6 +39,10 @@ pub struct GatewayHooks {
     pub leases: Arc<LeaseStore>,
     pub totals: Arc<GatewayTotals>,
     pub gateways: Arc<GatewayStatsRegistry>,
+    /// NAT settings; `None` when `[nat] enabled = false`.
+    pub nat: Option<Arc<NatShared>>,
+    /// Where forwards and the admin API find each LAN's gateway task.
+    pub directory: Arc<GatewayDirectory>,
 }
 
 /// Each live gateway's stats, for /metrics.
@@ -55,6 +64,14 @@ pub struct GatewaySums {
     pub active_leases: u64,
     pub malformed: u64,
     pub not_routed: u64,
+    pub nat_flows_active: [u64; 3],
+    pub nat_flows_started: [u64; 3],
+    pub nat_denied: gateway::DenyCounts,
+    pub nat_bytes_out: u64,
+    pub nat_bytes_in: u64,
+    pub nat_connect_failed: u64,
+    pub nat_timeouts: u64,
+    pub dns_tcp_connections: u64,
 }
 
 pub const DHCP_TYPE_NAMES: [&str; 8] = [
@@ -75,7 +92,7 @@ impl GatewaySums {
         let g = gateway.stats();
         let d = gateway.dhcp().stats();
         let n = gateway.dns().stats();
-        GatewaySums {
+        let mut sums = GatewaySums {
             arp_replies: g.arp_replies,
             icmp_echo_replies: g.icmp_echo_replies,
             dhcp_by_type: [
@@ -101,7 +118,20 @@ impl GatewaySums {
             active_leases: d.active_leases,
             malformed: g.malformed,
             not_routed: g.not_routed,
+            ..GatewaySums::default()
+        };
+        if let Some(nat) = gateway.nat() {
+            let n = nat.stats();
+            sums.nat_flows_active = n.flows_active.map(|v| v as u64);
+            sums.nat_flows_started = n.flows_started;
+            sums.nat_denied = n.denied.clone();
+            sums.nat_bytes_out = n.bytes_out;
+            sums.nat_bytes_in = n.bytes_in;
+            sums.nat_connect_failed = n.connect_failed;
+            sums.nat_timeouts = n.timeouts;
+            sums.dns_tcp_connections = n.dns_tcp_connections as u64;
         }
+        sums
     }
 
     pub fn add(&mut self, other: &GatewaySums, with_gauges: bool) {
@@ -116,8 +146,24 @@ impl GatewaySums {
         self.dns_cache_hits += other.dns_cache_hits;
         self.malformed += other.malformed;
         self.not_routed += other.not_routed;
+        for (a, b) in self
+            .nat_flows_started
+            .iter_mut()
+            .zip(other.nat_flows_started)
+        {
+            *a += b;
+        }
+        self.nat_denied.merge(&other.nat_denied);
+        self.nat_bytes_out += other.nat_bytes_out;
+        self.nat_bytes_in += other.nat_bytes_in;
+        self.nat_connect_failed += other.nat_connect_failed;
+        self.nat_timeouts += other.nat_timeouts;
         if with_gauges {
             self.active_leases += other.active_leases;
+            for (a, b) in self.nat_flows_active.iter_mut().zip(other.nat_flows_active) {
+                *a += b;
+            }
+            self.dns_tcp_connections += other.dns_tcp_connections;
         }
     }
 }
@@ -155,6 +201,11 @@ impl LanHooks for GatewayHooks {
             Err(e) => return tracing::error!(lan = %name, "no gateway: {e}"),
         };
         let mut gateway = Gateway::new(services.gateway, dhcp, dns::DnsProxy::new(services.dns));
+        let (host_events_tx, host_events) = mpsc::channel(crate::nat::EVENT_QUEUE);
+        let nat_host = self.nat.as_ref().map(|shared| {
+            gateway.enable_nat(shared.config.clone(), Instant::now());
+            NatHost::new(shared.clone(), host_events_tx, name)
+        });
         if let Some(snapshot) = self.leases.get(name) {
             let report = gateway.restore_leases(&snapshot, Instant::now(), unix_now());
             tracing::info!(lan = %name, "restored leases: {report:?}");
@@ -170,8 +221,12 @@ impl LanHooks for GatewayHooks {
             stats: self.gateways.clone(),
             stats_id: self.gateways.next_id.fetch_add(1, Relaxed),
             totals: self.totals.clone(),
+            nat_host,
+            directory: self.directory.clone(),
         };
-        tokio::spawn(driver.run(queue));
+        let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        self.directory.register(lan.name(), commands_tx);
+        tokio::spawn(driver.run(queue, host_events, commands));
     }
 }
 
@@ -191,14 +246,24 @@ struct GatewayDriver {
     stats: Arc<GatewayStatsRegistry>,
     stats_id: u64,
     totals: Arc<GatewayTotals>,
+    nat_host: Option<NatHost>,
+    directory: Arc<GatewayDirectory>,
 }
+
+/// Commands (forwarded connections, admin queries) waiting for a gateway task.
+const COMMAND_QUEUE: usize = 256;
 
 /// Upstream answers waiting to be handed back to the gateway; bounded by the dns core's
 /// in-flight limits, so the channel size is only a backstop.
 const UPSTREAM_CHANNEL: usize = 1024;
 
 impl GatewayDriver {
-    async fn run(mut self, mut queue: PortReceiver) {
+    async fn run(
+        mut self,
+        mut queue: PortReceiver,
+        mut host_events: mpsc::Receiver<HostEvent>,
+        mut commands: mpsc::Receiver<GatewayCommand>,
+    ) {
         let lan = self.port.lan().clone();
         let (answers_tx, mut answers) = mpsc::channel(UPSTREAM_CHANNEL);
         let mut idle_check = tokio::time::interval(Duration::from_secs(5));
@@ -217,12 +282,19 @@ impl GatewayDriver {
                 Some((id, result)) = answers.recv() => {
                     self.gateway.handle_dns_upstream(Instant::now(), id, result);
                 }
+                Some(event) = host_events.recv() => {
+                    if let Some(nat_host) = self.nat_host.as_mut() {
+                        nat_host.handle_event(&mut self.gateway, event);
+                    }
+                }
+                Some(command) = commands.recv() => self.handle_command(command),
                 _ = tokio::time::sleep_until(deadline) => self.gateway.handle_timeout(Instant::now()),
                 _ = lan.idle() => self.release_if_unused(&lan),
                 _ = idle_check.tick() => self.release_if_unused(&lan),
             }
             self.drain(&answers_tx);
         }
+        self.directory.unregister(self.port.lan_name());
         self.publish_leases();
         let sums = self
             .stats
@@ -237,6 +309,9 @@ impl GatewayDriver {
 
     /// Sends what the gateway produced and starts its upstream lookups.
     fn drain(&mut self, answers_tx: &mpsc::Sender<(dns::UpstreamId, dns::UpstreamResult)>) {
+        if let Some(nat_host) = self.nat_host.as_mut() {
+            nat_host.drain(&mut self.gateway);
+        }
         let now = Instant::now();
         while let Some(frame) = self.gateway.poll_frame() {
             self.port.ingress(now, Bytes::from(frame));
@@ -273,6 +348,80 @@ impl GatewayDriver {
         if let Ok(mut live) = self.stats.live.lock() {
             live.insert(self.stats_id, GatewaySums::of(&self.gateway));
         }
+    }
+
+    fn handle_command(&mut self, command: GatewayCommand) {
+        match command {
+            GatewayCommand::InboundTcp {
+                target,
+                port,
+                stream,
+            } => {
+                let (Some(ip), Some(nat_host)) = (
+                    resolve_target(&self.gateway, &target),
+                    self.nat_host.as_mut(),
+                ) else {
+                    tracing::debug!(lan = %self.port.lan_name(), "forward: no machine {target} now; closing");
+                    return;
+                };
+                nat_host.inbound_tcp(&mut self.gateway, SocketAddrV4::new(ip, port), stream);
+            }
+            GatewayCommand::InboundUdp {
+                target,
+                port,
+                client,
+                payload,
+                socket,
+            } => {
+                if let (Some(ip), Some(nat_host)) = (
+                    resolve_target(&self.gateway, &target),
+                    self.nat_host.as_mut(),
+                ) {
+                    let to = SocketAddrV4::new(ip, port);
+                    nat_host.inbound_udp(&mut self.gateway, client, to, &payload, socket);
+                }
+            }
+            GatewayCommand::Describe(reply) => {
+                let _ = reply.send(self.describe());
+            }
+        }
+    }
+
+    /// Leases and flows of this LAN, as the admin API shows them.
+    fn describe(&self) -> serde_json::Value {
+        let now = Instant::now();
+        let leases: Vec<serde_json::Value> = self
+            .gateway
+            .dhcp()
+            .leases()
+            .map(|lease| {
+                serde_json::json!({
+                    "ip": lease.ip.to_string(),
+                    "mac": lease.mac.to_string(),
+                    "host_name": lease.host_name,
+                    "static": lease.is_static,
+                    "expires_in_secs": lease.expires.saturating_duration_since(now).as_secs(),
+                })
+            })
+            .collect();
+        let flows: Vec<serde_json::Value> = self
+            .gateway
+            .nat()
+            .map(|nat| {
+                nat.flows()
+                    .map(|flow| {
+                        serde_json::json!({
+                            "id": flow.id.0,
+                            "protocol": flow.protocol.as_str(),
+                            "vm": flow.vm.to_string(),
+                            "remote": flow.remote.map(|r| r.to_string()),
+                            "idle_secs": flow.idle.as_secs(),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        serde_json::json!({ "leases": leases, "flows": flows })
     }
 
     fn publish_leases(&self) {

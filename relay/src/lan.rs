@@ -486,7 +486,8 @@ impl LanRegistry {
         }
     }
 
-    fn lan_list(&self) -> Vec<Arc<Lan>> {
+    /// Every LAN now, in no particular order.
+    pub fn lan_list(&self) -> Vec<Arc<Lan>> {
         lock(&self.lans).values().cloned().collect()
     }
 
@@ -540,6 +541,26 @@ impl LanRegistry {
 impl Lan {
     pub fn name(&self) -> &LanName {
         &self.name
+    }
+
+    /// Each port's transport and traffic, for the admin API.
+    pub fn port_list(&self) -> Vec<(PortId, Transport, TrafficSnapshot)> {
+        let state = lock(&self.state);
+        state
+            .ports
+            .iter()
+            .map(|(&id, output)| {
+                let c = &output.counters;
+                let traffic = TrafficSnapshot {
+                    frames_in: c.frames_in.load(Relaxed),
+                    bytes_in: c.bytes_in.load(Relaxed),
+                    frames_out: c.frames_out.load(Relaxed),
+                    bytes_out: c.bytes_out.load(Relaxed),
+                    ..TrafficSnapshot::default()
+                };
+                (id, output.transport, traffic)
+            })
+            .collect()
     }
 
     /// Resolves when the LAN has been removed.

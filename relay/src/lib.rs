@@ -5,12 +5,15 @@
 //! the other ports' bounded queues -> each transport's writer, or the LAN's gateway port
 //! ([`gateway_port`], driving the `gateway` crate: ARP/ICMP, DHCP, DNS).
 
+pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod forward;
 pub mod gateway_port;
 pub mod lan;
 pub mod leases;
 pub mod metrics;
+pub mod nat;
 pub mod network;
 pub mod server;
 pub mod tap;

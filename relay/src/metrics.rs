@@ -11,6 +11,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::forward::Forwards;
 use crate::gateway_port::{
     DHCP_TYPE_NAMES, DNS_OUTCOME_NAMES, GatewayStatsRegistry, GatewayTotals, LEASE_EVENT_NAMES,
 };
@@ -22,6 +23,7 @@ struct RelayCollector {
     lans: Arc<LanRegistry>,
     gateways: Arc<GatewayStatsRegistry>,
     gateway_totals: Arc<GatewayTotals>,
+    forwards: Arc<Forwards>,
 }
 
 /// The registry behind `/metrics`.
@@ -29,12 +31,14 @@ pub fn registry(
     lans: Arc<LanRegistry>,
     gateways: Arc<GatewayStatsRegistry>,
     gateway_totals: Arc<GatewayTotals>,
+    forwards: Arc<Forwards>,
 ) -> Registry {
     let mut registry = Registry::with_prefix("v86_relay");
     registry.register_collector(Box::new(RelayCollector {
         lans,
         gateways,
         gateway_totals,
+        forwards,
     }));
     registry
 }
@@ -262,6 +266,76 @@ impl Collector for RelayCollector {
             "Frames to the gateway dropped, by reason",
             "reason",
             [("malformed", g.malformed), ("not_routed", g.not_routed)],
+        )?;
+        let protocols = gateway::NatProtocol::ALL.map(|p| p.as_str());
+        let mut family = encoder.encode_descriptor(
+            "nat_flows_active",
+            "NAT flows open now, by protocol",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (protocol, count) in protocols.iter().zip(g.nat_flows_active) {
+            ConstGauge::new(count as i64)
+                .encode(family.encode_family(&[("protocol", *protocol)])?)?;
+        }
+        labeled_counters(
+            &mut encoder,
+            "nat_flows",
+            "NAT flows started, by protocol",
+            "protocol",
+            protocols.iter().copied().zip(g.nat_flows_started),
+        )?;
+        labeled_counters(
+            &mut encoder,
+            "nat_denied",
+            "NAT connections refused by the egress policy or a limit, by reason",
+            "reason",
+            gateway::DenyReason::ALL
+                .iter()
+                .map(|r| (r.as_str(), g.nat_denied.get(*r))),
+        )?;
+        labeled_counters(
+            &mut encoder,
+            "nat_bytes",
+            "Payload bytes through NAT, by direction (out: VM to host)",
+            "direction",
+            [("out", g.nat_bytes_out), ("in", g.nat_bytes_in)],
+        )?;
+        counter(
+            &mut encoder,
+            "nat_connect_failures",
+            "Host connects for VMs that were refused, unreachable or timed out",
+            g.nat_connect_failed,
+        )?;
+        counter(
+            &mut encoder,
+            "nat_timeouts",
+            "NAT flows ended by an idle or handshake timeout",
+            g.nat_timeouts,
+        )?;
+        gauge(
+            &mut encoder,
+            "nat_host_tasks",
+            "Live NAT host tasks (connects, readers, writers)",
+            self.gateway_totals.nat_tasks.get().max(0) as usize,
+        )?;
+        gauge(
+            &mut encoder,
+            "forwards_active",
+            "Inbound port forwards in effect",
+            self.forwards.count(),
+        )?;
+        counter(
+            &mut encoder,
+            "forward_connections",
+            "Connections accepted by TCP port forwards",
+            self.forwards.connections.load(Relaxed),
+        )?;
+        gauge(
+            &mut encoder,
+            "dns_tcp_connections",
+            "DNS over TCP connections open now",
+            g.dns_tcp_connections as usize,
         )?;
         Ok(())
     }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::forward::{Forwards, GatewayDirectory};
 use crate::gateway_port::{GatewayHooks, GatewayStatsRegistry, GatewayTotals};
 use crate::lan::{LanName, LanRegistry};
 use crate::leases::LeaseStore;
@@ -43,6 +44,8 @@ pub struct Relay {
     pub app: Arc<AppState>,
     pub listen_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    /// Inbound port forwards; they stop with the relay.
+    pub forwards: Arc<Forwards>,
     servers: TaskTracker,
 }
 
@@ -52,6 +55,10 @@ pub enum StartError {
     Leases(#[from] crate::leases::LeaseFileError),
     #[error("{0}")]
     Dns(String),
+    #[error("config [nat]: {0}")]
+    Nat(String),
+    #[error("{0}")]
+    Forward(#[from] crate::forward::ForwardError),
     #[error(
         "cannot listen on {addr} ({key}): {source}. Pick a free address with --{flag} or stop the program using it."
     )]
@@ -63,6 +70,36 @@ pub enum StartError {
     },
 }
 
+/// NAT settings for every LAN, with this host's addresses and how pings can be sent.
+fn nat_shared(
+    config: &Config,
+    totals: &GatewayTotals,
+) -> Result<Option<Arc<crate::nat::NatShared>>, StartError> {
+    if !config.nat.enabled {
+        tracing::info!("NAT is off ([nat] enabled = false): VMs reach only their LAN");
+        return Ok(None);
+    }
+    let mut core = crate::nat::core_config(&config.nat).map_err(StartError::Nat)?;
+    core.policy.host_addresses = crate::nat::host_addresses();
+    let ping_mode = crate::nat::PingMode::detect();
+    if ping_mode == crate::nat::PingMode::Unavailable {
+        tracing::warn!(
+            "ping to outside addresses is unavailable: allow ICMP sockets with `sysctl -w net.ipv4.ping_group_range=\"0 2147483647\"` or run with CAP_NET_RAW; TCP and UDP are not affected"
+        );
+    }
+    if core.host_loopback {
+        tracing::warn!(
+            "--host-loopback is on: VMs reach this host's 127.0.0.1 through the gateway address"
+        );
+    }
+    Ok(Some(Arc::new(crate::nat::NatShared {
+        config: core,
+        connect_timeout: Duration::from_secs(config.nat.connect_timeout_secs),
+        ping_mode,
+        tasks: totals.nat_tasks.clone(),
+    })))
+}
+
 impl Relay {
     /// Binds the listeners and starts serving in the background.
     pub async fn start(config: Config) -> Result<Relay, StartError> {
@@ -72,13 +109,22 @@ impl Relay {
             Upstream::new(&config.dns.upstream).map_err(|e| StartError::Dns(e.to_string()))?;
         let gateways = Arc::new(GatewayStatsRegistry::default());
         let gateway_totals = Arc::new(GatewayTotals::default());
+        let nat = nat_shared(&config, &gateway_totals)?;
+        let directory = Arc::new(GatewayDirectory::default());
+        let forwards = Arc::new(Forwards::default());
         lans.set_hooks(Arc::new(GatewayHooks {
             config: Arc::new(config.clone()),
             upstream,
             leases: leases.clone(),
             totals: gateway_totals.clone(),
             gateways: gateways.clone(),
+            nat,
+            directory: directory.clone(),
         }));
+        for text in &config.nat.forwards {
+            let forward = text.parse().map_err(StartError::Nat)?;
+            forwards.add(forward, &directory).await?;
+        }
         let app = Arc::new(AppState {
             leases: leases.clone(),
             config,
@@ -128,7 +174,20 @@ impl Relay {
                 lans.clone(),
                 gateways.clone(),
                 gateway_totals.clone(),
-            )));
+                forwards.clone(),
+            )))
+            .merge(crate::admin::router(Arc::new(crate::admin::AdminState {
+                lans: lans.clone(),
+                directory: directory.clone(),
+                forwards: forwards.clone(),
+                token: app.config.server.admin_token.clone(),
+                listen: addr,
+            })));
+            if !addr.ip().is_loopback() && app.config.server.admin_token.is_none() {
+                tracing::warn!(
+                    "the admin API on {addr} is refused until --admin-token is set (the listener is not loopback)"
+                );
+            }
             let shutdown = app.shutdown.clone();
             servers.spawn(async move {
                 let serve = axum::serve(listener, router)
@@ -163,6 +222,7 @@ impl Relay {
             app,
             listen_addr,
             metrics_addr,
+            forwards,
             servers,
         })
     }

@@ -4,101 +4,12 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::netns::*;
-
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("v86t-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A namespace with a bare TAP device (no address: DHCP gives it one).
-fn vm(tag: &str) -> Netns {
-    let ns = Netns::new(tag);
-    ns.ip(&["tuntap", "add", "dev", "tap0", "mode", "tap"]);
-    ns.ip(&["link", "set", "tap0", "up"]);
-    ns
-}
-
-/// Writes the udhcpc hook: configures tap0 and records what the server sent.
-fn udhcpc_script(dir: &Path) -> PathBuf {
-    let script = dir.join("udhcpc.sh");
-    std::fs::write(
-        &script,
-        r#"#!/bin/sh
-case "$1" in
-  bound|renew)
-    ip addr flush dev "$interface"
-    ip addr add "$ip/$mask" dev "$interface"
-    [ -n "$router" ] && ip route replace default via "$router" dev "$interface"
-    env | grep -E '^(ip|mask|router|dns|domain|mtu|lease|serverid|hostname)=' > "$UDHCPC_OUT"
-    ;;
-esac
-exit 0
-"#,
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    script
-}
-
-fn read_env(path: &Path) -> HashMap<String, String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
-
-/// Runs busybox udhcpc once in `ns` (optionally with a host name); returns its variables.
-fn udhcpc(ns: &Netns, dir: &Path, host: Option<&str>, extra: &[&str]) -> HashMap<String, String> {
-    let script = udhcpc_script(dir);
-    let out = dir.join(format!("{}.env", ns.name));
-    let _ = std::fs::remove_file(&out);
-    let mut args = vec!["ip", "netns", "exec", &ns.name, "env"];
-    let out_var = format!("UDHCPC_OUT={}", out.display());
-    args.push(&out_var);
-    args.extend([
-        "busybox", "udhcpc", "-i", "tap0", "-n", "-q", "-f", "-t", "5", "-T", "1",
-    ]);
-    args.extend(["-s", script.to_str().unwrap()]);
-    let host_opt;
-    if let Some(host) = host {
-        host_opt = format!("hostname:{host}");
-        args.extend(["-x", &host_opt]);
-    }
-    args.extend_from_slice(extra);
-    let result = run(&args);
-    assert!(
-        result.status.success(),
-        "udhcpc failed: {}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    read_env(&out)
-}
-
-fn dig(ns: &Netns, name: &str) -> String {
-    let out = ns.exec(&["dig", "@10.0.2.3", "+short", "+time=3", "+tries=1", name]);
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
+use common::vm::*;
 
 /// dnsmasq on loopback as the "internet" DNS: knows www.example.test only.
 fn upstream_dns(dir: &Path) -> (Proc, u16) {
@@ -222,6 +133,20 @@ fn udhcpc_and_dhclient_get_leases_ping_the_gateway_and_resolve_names() {
     assert_eq!(dig(&bob, "www.example.test"), "198.18.0.7");
     assert_eq!(dig(&bob, "alice.t.lan"), "10.0.2.15");
     assert_eq!(dig(&bob, "alice"), "10.0.2.15");
+    // DNS over TCP: the same answers, upstream and local (smoltcp terminates the TCP).
+    assert_eq!(dig_with(&bob, "www.example.test", &["+tcp"]), "198.18.0.7");
+    assert_eq!(dig_with(&bob, "alice", &["+tcp"]), "10.0.2.15");
+    // Two queries on one connection; answers may come out of order (RFC 7766 6.2.1.1).
+    let mut both: Vec<String> = dig_with(
+        &bob,
+        "www.example.test",
+        &["+tcp", "+keepopen", "alice.t.lan"],
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect();
+    both.sort();
+    assert_eq!(both, ["10.0.2.15", "198.18.0.7"]);
     let eve_lease = udhcpc(&eve, &dir.0, Some("eve"), &[]);
     assert_eq!(eve_lease.get("domain").map(String::as_str), Some("u.lan"));
     assert_eq!(

@@ -130,3 +130,4 @@ where
     panic!("timed out waiting for: {what}");
 }
 pub mod netns;
+pub mod vm;

@@ -136,8 +136,12 @@ pub fn free_port() -> u16 {
 pub fn start_relay(extra: &[&str]) -> (Proc, u16) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let child = Command::new(relay_bin())
-        .args(["--listen", &listen, "--metrics-listen", "off"])
+    let mut command = Command::new(relay_bin());
+    command.args(["--listen", &listen]);
+    if !extra.contains(&"--metrics-listen") {
+        command.args(["--metrics-listen", "off"]);
+    }
+    let child = command
         .args(extra)
         .stdout(Stdio::null())
         .spawn()

@@ -1,0 +1,156 @@
+//! The admin API, JSON over HTTP on the metrics listener: LANs with their ports, leases
+//! and NAT flows; forwards listed, added and removed at runtime. A bearer token
+//! (`--admin-token`) is required whenever that listener is not on loopback.
+//!
+//! ```text
+//! GET    /admin/lans             every LAN: ports, leases, flows
+//! GET    /admin/forwards         forwards in effect
+//! POST   /admin/forwards         body {"forward": "tcp:0.0.0.0:8080=default/web:80"}
+//! DELETE /admin/forwards/{id}
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use crate::forward::{Forwards, GatewayCommand, GatewayDirectory};
+use crate::lan::LanRegistry;
+use crate::nat::Forward;
+
+#[derive(Debug)]
+pub struct AdminState {
+    pub lans: Arc<LanRegistry>,
+    pub directory: Arc<GatewayDirectory>,
+    pub forwards: Arc<Forwards>,
+    pub token: Option<String>,
+    /// The metrics listener's address: without a token, only loopback may use the API.
+    pub listen: SocketAddr,
+}
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/admin/lans", get(list_lans))
+        .route("/admin/forwards", get(list_forwards).post(add_forward))
+        .route("/admin/forwards/{id}", delete(remove_forward))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn authorize(State(state): State<Arc<AdminState>>, request: Request, next: Next) -> Response {
+    match &state.token {
+        Some(token) => {
+            let given = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if given != Some(token.as_str()) {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "send the admin token as `Authorization: Bearer TOKEN` (set with --admin-token)",
+                );
+            }
+        }
+        None if !state.listen.ip().is_loopback() => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "the admin API needs --admin-token when --metrics-listen is not a loopback address",
+            );
+        }
+        None => {}
+    }
+    next.run(request).await
+}
+
+async fn list_lans(State(state): State<Arc<AdminState>>) -> Response {
+    let mut lans = Vec::new();
+    for lan in state.lans.lan_list() {
+        let ports: Vec<serde_json::Value> = lan
+            .port_list()
+            .into_iter()
+            .map(|(id, transport, traffic)| {
+                json!({
+                    "id": id.0,
+                    "transport": transport.as_str(),
+                    "frames_in": traffic.frames_in,
+                    "bytes_in": traffic.bytes_in,
+                    "frames_out": traffic.frames_out,
+                    "bytes_out": traffic.bytes_out,
+                })
+            })
+            .collect();
+        let mut entry = json!({
+            "name": lan.name().as_str(),
+            "clients": lan.client_count(),
+            "ports": ports,
+        });
+        if let Some(gateway) = state.directory.get(lan.name()) {
+            let (reply, answer) = oneshot::channel();
+            if gateway.send(GatewayCommand::Describe(reply)).await.is_ok()
+                && let Ok(Ok(described)) =
+                    tokio::time::timeout(Duration::from_secs(2), answer).await
+                && let (Some(entry), Some(described)) =
+                    (entry.as_object_mut(), described.as_object())
+            {
+                entry.extend(described.clone());
+            }
+        }
+        lans.push(entry);
+    }
+    lans.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Json(json!({ "lans": lans })).into_response()
+}
+
+async fn list_forwards(State(state): State<Arc<AdminState>>) -> Response {
+    Json(json!({ "forwards": state.forwards.list() })).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct NewForward {
+    forward: String,
+}
+
+async fn add_forward(
+    State(state): State<Arc<AdminState>>,
+    body: Option<Json<NewForward>>,
+) -> Response {
+    let Some(Json(body)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            r#"send JSON {"forward": "tcp:0.0.0.0:8080=default/10.0.2.15:80"} with Content-Type: application/json"#,
+        );
+    };
+    let forward: Forward = match body.forward.parse() {
+        Ok(forward) => forward,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    match state.forwards.add(forward, &state.directory).await {
+        Ok(id) => (StatusCode::CREATED, Json(json!({ "id": id }))).into_response(),
+        Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+async fn remove_forward(State(state): State<Arc<AdminState>>, Path(id): Path<u64>) -> Response {
+    if state.forwards.remove(id) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("no forward {id}; GET /admin/forwards lists them"),
+        )
+    }
+}

@@ -1,0 +1,513 @@
+//! NAT against real Linux stacks: a VM namespace attached with `v86-relay tap` gets DHCP,
+//! then reaches servers in an "internet" namespace behind a veth pair on 198.18.0.0/15
+//! (curl, iperf3, UDP echo, ping), is refused by the egress policy where it must be, and
+//! leaves no flow or task behind when either side dies. Needs root; skips without it
+//! (fails under V86_RELAY_REQUIRE_ROOT=1).
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::netns::*;
+use common::vm::*;
+use sha2::{Digest, Sha256};
+
+/// An "internet" namespace behind a veth pair: the host side is 198.18.N.1/24 (one of the
+/// relay host's own addresses), the namespace 198.18.N.2/24.
+struct Internet {
+    ns: Netns,
+    host_if: String,
+    n: u8,
+}
+
+impl Internet {
+    fn new(tag: &str, n: u8) -> Internet {
+        let ns = Netns::new(tag);
+        let host_if = format!("v86v{}{n}", std::process::id() % 10000);
+        let peer = format!("{host_if}p");
+        let _ = run(&["ip", "link", "del", &host_if]);
+        must(&[
+            "ip", "link", "add", &host_if, "type", "veth", "peer", "name", &peer,
+        ]);
+        must(&["ip", "link", "set", &peer, "netns", &ns.name]);
+        must(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("198.18.{n}.1/24"),
+            "dev",
+            &host_if,
+        ]);
+        must(&["ip", "link", "set", &host_if, "up"]);
+        ns.ip(&["addr", "add", &format!("198.18.{n}.2/24"), "dev", &peer]);
+        ns.ip(&["link", "set", &peer, "up"]);
+        Internet { ns, host_if, n }
+    }
+
+    fn addr(&self) -> String {
+        format!("198.18.{}.2", self.n)
+    }
+
+    /// A process inside the namespace, killed by PID on drop.
+    fn spawn(&self, args: &[&str]) -> Proc {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns.name])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {args:?}: {e}"));
+        Proc(child)
+    }
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        let _ = run(&["ip", "link", "del", &self.host_if]);
+    }
+}
+
+/// Waits until `ns` accepts TCP on `addr:port` (from inside `ns`).
+fn wait_listening(ns: &Netns, addr: &str, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let target = format!("{addr}:{port}");
+    loop {
+        let ok = ns
+            .spawn({
+                let target = target.clone();
+                move || {
+                    std::net::TcpStream::connect_timeout(
+                        &target.parse().unwrap(),
+                        Duration::from_millis(300),
+                    )
+                    .is_ok()
+                }
+            })
+            .join()
+            .unwrap();
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "nothing listens on {target}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn metrics(port: u16) -> String {
+    let out = run(&[
+        "curl",
+        "-s",
+        "--max-time",
+        "5",
+        &format!("http://127.0.0.1:{port}/metrics"),
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sample(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no sample {name} in metrics")) as u64
+}
+
+/// Polls /metrics until the TCP flow gauge and the host task gauge are both zero.
+fn wait_no_flows(metrics_port: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let text = metrics(metrics_port);
+        let flows = sample(&text, "v86_relay_nat_flows_active{protocol=\"tcp\"}");
+        let tasks = sample(&text, "v86_relay_nat_host_tasks");
+        if flows == 0 && tasks == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "NAT state left behind: {flows} TCP flows, {tasks} host tasks"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A relay with metrics on, and a VM namespace on LAN `lan` that has its DHCP lease.
+fn relay_and_vm(tag: &str, scratch: &Scratch, extra: &[&str]) -> (Proc, u16, u16, Netns, Proc) {
+    let metrics_port = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let mut args = vec!["--metrics-listen", &metrics_addr];
+    args.extend_from_slice(extra);
+    let (relay, port) = start_relay(&args);
+    let ns = vm(tag);
+    let tap = attach_tap(port, "nat", &ns);
+    let lease = udhcpc(&ns, &scratch.0, Some(tag), &[]);
+    assert_eq!(lease.get("router").map(String::as_str), Some("10.0.2.2"));
+    (relay, port, metrics_port, ns, tap)
+}
+
+#[test]
+fn vm_reaches_the_internet_through_nat() {
+    if !root_or_skip("vm_reaches_the_internet_through_nat") {
+        return;
+    }
+    let scratch = Scratch::new("nat");
+    let internet = Internet::new("inet", 41);
+    let (_relay, _port, metrics_port, vm_ns, _tap) = relay_and_vm("natvm", &scratch, &[]);
+
+    // 100 MB over HTTP, checked end to end.
+    let www = scratch.0.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let mut expected = Sha256::new();
+    {
+        let mut file = std::fs::File::create(www.join("big")).unwrap();
+        let mut block = vec![0u8; 1 << 20];
+        let mut x: u32 = 0x9e37_79b9;
+        for _ in 0..100 {
+            for byte in block.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                *byte = x as u8;
+            }
+            expected.update(&block);
+            file.write_all(&block).unwrap();
+        }
+    }
+    let expected = format!("{:x}", expected.finalize());
+    let www_dir = www.to_str().unwrap().to_owned();
+    let _httpd = internet.spawn(&["busybox", "httpd", "-f", "-p", "8080", "-h", &www_dir]);
+    wait_listening(&internet.ns, &internet.addr(), 8080);
+    let started = Instant::now();
+    let out = vm_ns.exec(&[
+        "sh",
+        "-c",
+        &format!(
+            "curl -sS --max-time 120 http://{}:8080/big | sha256sum",
+            internet.addr()
+        ),
+    ]);
+    let elapsed = started.elapsed();
+    let got = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        got.starts_with(&expected),
+        "sha256 of the download: {got} (want {expected}); curl said {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "curl: 100 MiB in {:.2} s ({:.0} Mbit/s)",
+        elapsed.as_secs_f64(),
+        100.0 * 8.0 * 1.048_576 / elapsed.as_secs_f64()
+    );
+
+    // iperf3 both ways.
+    let _iperf = internet.spawn(&["iperf3", "-s", "-p", "5201"]);
+    wait_listening(&internet.ns, &internet.addr(), 5201);
+    for reverse in [false, true] {
+        let addr = internet.addr();
+        let mut args = vec!["iperf3", "-c", &addr, "-p", "5201", "-t", "2", "-J"];
+        if reverse {
+            args.push("-R");
+        }
+        let out = vm_ns.exec(&args);
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "iperf3 (reverse: {reverse}) failed: {report}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&report).unwrap();
+        let bps = json["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0);
+        eprintln!("iperf3 reverse={reverse}: {:.2} Gbit/s", bps / 1e9);
+        assert!(bps > 0.0);
+    }
+
+    // UDP echo.
+    let echo = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('{}',7007))\nwhile True:\n d,a=s.recvfrom(65535)\n s.sendto(d,a)\n",
+        internet.addr()
+    );
+    let _echo = internet.spawn(&["python3", "-c", &echo]);
+    std::thread::sleep(Duration::from_millis(300));
+    let client = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(1)\nfor i in range(5):\n s.sendto(b'hello-%d'%i,('{}',7007))\n try:\n  d,a=s.recvfrom(100)\n  print(d.decode()); break\n except socket.timeout:\n  pass\n",
+        internet.addr()
+    );
+    let out = vm_ns.exec(&["python3", "-c", &client]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("hello-"),
+        "no UDP echo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Ping (raw sockets as root, or ICMP datagram sockets).
+    assert!(
+        vm_ns.ping_ok(&internet.addr(), Duration::from_secs(5)),
+        "ping {} through NAT failed",
+        internet.addr()
+    );
+
+    let text = metrics(metrics_port);
+    assert!(sample(&text, "v86_relay_nat_flows_total{protocol=\"tcp\"}") >= 3);
+    assert!(sample(&text, "v86_relay_nat_flows_total{protocol=\"udp\"}") >= 1);
+    assert!(sample(&text, "v86_relay_nat_flows_total{protocol=\"icmp\"}") >= 1);
+    assert!(sample(&text, "v86_relay_nat_bytes_total{direction=\"in\"}") >= 100 << 20);
+}
+
+#[test]
+fn policy_refuses_private_and_host_addresses_and_host_loopback_works() {
+    if !root_or_skip("policy_refuses_private_and_host_addresses") {
+        return;
+    }
+    let scratch = Scratch::new("pol");
+    let internet = Internet::new("pinet", 42);
+    // A server on the relay host's loopback and one on its veth address.
+    let host_server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = host_server.local_addr().unwrap().port();
+    let accept = std::thread::spawn(move || {
+        for stream in host_server.incoming().flatten() {
+            let mut stream = stream;
+            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nfrom-host-loopback\n");
+        }
+    });
+    drop(accept);
+    let (_relay, _port, metrics_port, vm_ns, _tap) =
+        relay_and_vm("polvm", &scratch, &["--host-loopback"]);
+
+    let curl = |url: &str| {
+        let out = vm_ns.exec(&["curl", "-sS", "--max-time", "5", url]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // curl exit 7: connection refused, at once (a RST, not a hang).
+    let started = Instant::now();
+    let (code, _, err) = curl("http://10.99.0.1:80/");
+    assert_eq!(code, Some(7), "private address: {err}");
+    let (code, _, err) = curl(&format!("http://198.18.{}.1:{host_port}/", internet.n));
+    assert_eq!(code, Some(7), "host's own address: {err}");
+    let (code, _, err) = curl("http://169.254.169.254/");
+    assert_eq!(code, Some(7), "metadata address: {err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "refusals were slow"
+    );
+
+    // Host loopback: 10.0.2.2:PORT is the host's 127.0.0.1:PORT.
+    let (code, body, err) = curl(&format!("http://10.0.2.2:{host_port}/"));
+    assert_eq!(code, Some(0), "host loopback: {err}");
+    assert!(body.contains("from-host-loopback"), "{body}");
+
+    let text = metrics(metrics_port);
+    assert!(sample(&text, "v86_relay_nat_denied_total{reason=\"private\"}") >= 1);
+    assert!(sample(&text, "v86_relay_nat_denied_total{reason=\"host_address\"}") >= 1);
+    assert!(sample(&text, "v86_relay_nat_denied_total{reason=\"link_local\"}") >= 1);
+}
+
+#[test]
+fn killed_remote_vm_process_or_websocket_leave_no_flow_behind() {
+    if !root_or_skip("killed_sides_leave_no_flow_behind") {
+        return;
+    }
+    let scratch = Scratch::new("kill");
+    let internet = Internet::new("kinet", 43);
+    let config = scratch.0.join("relay.toml");
+    std::fs::write(&config, "[nat]\nvm_timeout_secs = 3\n").unwrap();
+    let (_relay, _port, metrics_port, vm_ns, tap) =
+        relay_and_vm("killvm", &scratch, &["--config", config.to_str().unwrap()]);
+    // An endless sender and an endless sink in the internet namespace.
+    let source = "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',9001))\ns.listen(8)\nwhile True:\n c,a=s.accept()\n try:\n  while True: c.sendall(b'x'*65536)\n except Exception:\n  c.close()\n";
+    let remote = internet.spawn(&["python3", "-c", source]);
+    wait_listening(&internet.ns, &internet.addr(), 9001);
+    let url = format!("{}:9001", internet.addr());
+
+    let vm_reader = |ns: &Netns| {
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name, "sh", "-c"])
+            .arg(format!(
+                "exec python3 -c \"import socket,time\ns=socket.create_connection(('{}',9001))\nwhile True:\n  d=s.recv(65536)\n  time.sleep(0.001)\n  if not d: break\n\"",
+                internet.addr()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(Proc)
+            .unwrap()
+    };
+    let flowing = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = metrics(metrics_port);
+            if sample(&text, "v86_relay_nat_flows_active{protocol=\"tcp\"}") >= 1 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: no flow to {url}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    // 1. The VM-side process dies: its kernel resets the connection.
+    let reader = vm_reader(&vm_ns);
+    flowing("VM process");
+    std::thread::sleep(Duration::from_millis(500));
+    drop(reader);
+    wait_no_flows(metrics_port, Duration::from_secs(10));
+
+    // 2. The remote dies mid-transfer.
+    let _reader = vm_reader(&vm_ns);
+    flowing("remote");
+    std::thread::sleep(Duration::from_millis(500));
+    drop(remote);
+    wait_no_flows(metrics_port, Duration::from_secs(10));
+
+    // 3. The VM's WebSocket goes (tab closed): the flow times out (vm_timeout_secs = 3).
+    let remote = internet.spawn(&["python3", "-c", source]);
+    wait_listening(&internet.ns, &internet.addr(), 9001);
+    let _reader = vm_reader(&vm_ns);
+    flowing("websocket");
+    std::thread::sleep(Duration::from_millis(500));
+    drop(tap);
+    wait_no_flows(metrics_port, Duration::from_secs(20));
+    drop(remote);
+}
+
+/// An HTTP server (in a VM namespace) that answers with the client's address.
+const WHO_ASKS: &str = "import http.server\nclass H(http.server.BaseHTTPRequestHandler):\n def do_GET(self):\n  b=self.client_address[0].encode()\n  self.send_response(200); self.send_header('Content-Length',str(len(b))); self.end_headers(); self.wfile.write(b)\n def log_message(self,*a): pass\nhttp.server.HTTPServer(('0.0.0.0',8000),H).serve_forever()\n";
+
+const UDP_ECHO_ANY: &str = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',7000))\nwhile True:\n d,a=s.recvfrom(65535)\n s.sendto(b'vm:'+d,a)\n";
+
+fn host_curl(url: &str) -> Option<String> {
+    let out = run(&["curl", "-sS", "--max-time", "5", url]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn host_curl_json(method: &str, url: &str, body: Option<&str>) -> serde_json::Value {
+    let mut args = vec!["curl", "-sS", "--max-time", "5", "-X", method, url];
+    if let Some(body) = body {
+        args.extend(["-H", "Content-Type: application/json", "-d", body]);
+    }
+    let out = run(&args);
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn inbound_forwards_follow_the_vm_across_a_new_lease() {
+    if !root_or_skip("inbound_forwards_follow_the_vm") {
+        return;
+    }
+    let scratch = Scratch::new("fwd");
+    let tcp_port = free_port();
+    let udp_port = free_port();
+    let tcp_forward = format!("tcp:127.0.0.1:{tcp_port}=nat/fwdweb:8000");
+    let udp_forward = format!("udp:127.0.0.1:{udp_port}=nat/fwdweb:7000");
+    let (_relay, _port, metrics_port, vm_ns, _tap) = relay_and_vm(
+        "fwdweb",
+        &scratch,
+        &["--forward", &tcp_forward, "--forward", &udp_forward],
+    );
+    let spawn_in_vm = |script: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", &vm_ns.name, "python3", "-c", script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(Proc)
+            .unwrap()
+    };
+    let _web = spawn_in_vm(WHO_ASKS);
+    let _echo = spawn_in_vm(UDP_ECHO_ANY);
+    wait_listening(&vm_ns, "127.0.0.1", 8000);
+
+    // The connection reaches the VM from the gateway address.
+    let url = format!("http://127.0.0.1:{tcp_port}/");
+    assert_eq!(host_curl(&url).as_deref(), Some("10.0.2.2"));
+    let udp_echo = || {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let mut buffer = [0u8; 64];
+        for _ in 0..5 {
+            socket.send_to(b"ping", ("127.0.0.1", udp_port)).unwrap();
+            if let Ok(n) = socket.recv(&mut buffer) {
+                return String::from_utf8_lossy(&buffer[..n]).into_owned();
+            }
+        }
+        String::new()
+    };
+    assert_eq!(udp_echo(), "vm:ping");
+
+    // A new MAC and a new lease with the same host name: the forward follows the name.
+    vm_ns.ip(&["link", "set", "tap0", "address", "52:54:00:aa:00:99"]);
+    let lease = udhcpc(&vm_ns, &scratch.0, Some("fwdweb"), &[]);
+    assert_ne!(
+        lease.get("ip").map(String::as_str),
+        Some("10.0.2.15"),
+        "{lease:?}"
+    );
+    assert_eq!(host_curl(&url).as_deref(), Some("10.0.2.2"));
+    assert_eq!(udp_echo(), "vm:ping");
+
+    // The admin API lists the LAN's leases and flows, and adds and removes forwards.
+    let admin = format!("http://127.0.0.1:{metrics_port}/admin");
+    let lans = host_curl_json("GET", &format!("{admin}/lans"), None);
+    let nat_lan = lans["lans"]
+        .as_array()
+        .and_then(|l| l.iter().find(|lan| lan["name"] == "nat"))
+        .unwrap_or_else(|| panic!("LAN nat not listed: {lans}"));
+    assert!(
+        nat_lan["leases"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|lease| lease["host_name"] == "fwdweb")),
+        "{nat_lan}"
+    );
+    let by_mac_port = free_port();
+    let added = host_curl_json(
+        "POST",
+        &format!("{admin}/forwards"),
+        Some(&format!(
+            r#"{{"forward": "tcp:127.0.0.1:{by_mac_port}=nat/52:54:00:aa:00:99:8000"}}"#
+        )),
+    );
+    let id = added["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("add failed: {added}"));
+    let by_mac = format!("http://127.0.0.1:{by_mac_port}/");
+    assert_eq!(host_curl(&by_mac).as_deref(), Some("10.0.2.2"));
+    let listed = host_curl_json("GET", &format!("{admin}/forwards"), None);
+    assert_eq!(
+        listed["forwards"].as_array().map(Vec::len),
+        Some(3),
+        "{listed}"
+    );
+    run(&[
+        "curl",
+        "-sS",
+        "-X",
+        "DELETE",
+        &format!("{admin}/forwards/{id}"),
+    ]);
+    assert_eq!(host_curl(&by_mac), None, "removed forward still answers");
+    let bad = host_curl_json(
+        "POST",
+        &format!("{admin}/forwards"),
+        Some(r#"{"forward": "tcp:127.0.0.1:1=nat"}"#),
+    );
+    assert!(
+        bad["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("PROTO:LISTEN_IP:PORT")),
+        "{bad}"
+    );
+    let text = metrics(metrics_port);
+    assert_eq!(sample(&text, "v86_relay_forwards_active"), 2);
+}
