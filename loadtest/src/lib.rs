@@ -48,6 +48,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod packets;
+mod services;
+
+pub use services::{CpuUse, DhcpReport, DnsNames, DnsReport, read_cpu_seconds};
+
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// EtherType of every frame the load test sends (IEEE 802 local experimental 1).
@@ -74,6 +79,10 @@ pub enum Mode {
     Idle,
     /// Pairs exchange unicast frames as fast as the relay takes them (or at --rate).
     Switch,
+    /// DHCP handshakes (DISCOVER/OFFER/REQUEST/ACK) with the LAN's gateway.
+    Dhcp,
+    /// DNS queries over UDP to the LAN's DNS address, after a DHCP lease.
+    Dns,
 }
 
 /// Command line. Every flag can also come from an environment variable `V86_LOADTEST_*`.
@@ -130,6 +139,27 @@ pub struct Args {
     /// Print one JSON object with the results as the last line.
     #[arg(long, env = "V86_LOADTEST_JSON")]
     pub json: bool,
+    /// dhcp: handshakes in flight at once over all VMs [64]; dns: queries in flight per VM [8]
+    /// (keep it under the relay's per-VM limit, 32, or the excess is answered REFUSED).
+    #[arg(long, env = "V86_LOADTEST_IN_FLIGHT", value_parser = clap::value_parser!(u32).range(1..))]
+    pub in_flight: Option<u32>,
+    /// dhcp: handshakes per VM, one after the other (later ones re-acquire the same lease).
+    #[arg(long, env = "V86_LOADTEST_ROUNDS", default_value_t = 1)]
+    pub rounds: u32,
+    /// dhcp/dns: seconds to wait for a DHCP reply before retransmitting (4 tries per step),
+    /// or for a DNS answer before counting the query lost.
+    #[arg(long, env = "V86_LOADTEST_REPLY_TIMEOUT", default_value_t = 2.0)]
+    pub reply_timeout: f64,
+    /// dns: one name for every query (cached) or a new name each time (uncached).
+    #[arg(long, value_enum, env = "V86_LOADTEST_DNS_NAMES", default_value_t = DnsNames::Cached)]
+    pub dns_names: DnsNames,
+    /// dns: the domain asked for (`www.DOMAIN`, or `qNONCE-VM-SEQ.DOMAIN`); the upstream
+    /// must answer every name under it.
+    #[arg(long, env = "V86_LOADTEST_DNS_DOMAIN", default_value = "bench.test")]
+    pub dns_domain: String,
+    /// dns: PID of the upstream DNS server, for its CPU use.
+    #[arg(long, env = "V86_LOADTEST_UPSTREAM_PID")]
+    pub upstream_pid: Option<u32>,
 }
 
 /// Latency summary in microseconds.
@@ -190,6 +220,10 @@ pub struct Report {
     pub errors: u64,
     pub error_samples: Vec<String>,
     pub relay: Option<RelayMemory>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dhcp: Option<DhcpReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsReport>,
 }
 
 /// Reads VmRSS (KiB) of a process from /proc.
@@ -318,6 +352,9 @@ fn check_args(args: &Args) -> anyhow::Result<()> {
     {
         bail!("--rate must be > 0");
     }
+    if !(args.reply_timeout.is_finite() && args.reply_timeout > 0.0) {
+        bail!("--reply-timeout must be > 0 seconds");
+    }
     Ok(())
 }
 
@@ -327,6 +364,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
     match args.mode {
         Mode::Idle => run_idle(args).await,
         Mode::Switch => run_switch(args).await,
+        Mode::Dhcp => services::run_dhcp(args).await,
+        Mode::Dns => services::run_dns(args).await,
     }
 }
 
@@ -997,6 +1036,7 @@ pub fn format_report(r: &Report) -> String {
                 r.unexpected
             ));
         }
+        "dhcp" | "dns" => services::format_lines(r, &mut out),
         _ => {
             out.push(format!(
                 "switch: {} pairs ({} ready) in {} LANs, frame {} B, {:.1} s measured, rate {}",

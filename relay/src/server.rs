@@ -146,6 +146,11 @@ impl Relay {
         let listen_addr = listener.local_addr().unwrap_or(listen);
         let shutdown = app.shutdown.clone();
         let router = client_router(app.clone());
+        // Frames are small and latency-bound (DHCP, DNS, TCP ACKs inside): without
+        // TCP_NODELAY, Nagle holds a frame back until the client's delayed ACK (40 ms).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         servers.spawn(async move {
             let serve = axum::serve(listener, router)
                 .with_graceful_shutdown(async move { shutdown.cancelled().await });
