@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// File that keeps DHCP leases across restarts. [default: none]
     #[arg(long, env = "V86_RELAY_DHCP_STATE_FILE")]
     pub dhcp_state_file: Option<PathBuf>,
+    /// Checkout of v86-relay whose web-demo/ and vendor/v86/ the demo page serves.
+    /// [default: found from the working directory or the binary's location]
+    #[arg(long, env = "V86_RELAY_WEB_ROOT")]
+    pub web_root: Option<PathBuf>,
 }
 
 /// `--metrics-listen ADDR` or `--metrics-listen off`.

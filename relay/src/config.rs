@@ -51,6 +51,9 @@ pub struct ServerConfig {
     /// Prometheus `/metrics`; on its own listener so a public relay does not publish it.
     pub metrics_listen: Option<SocketAddr>,
     pub shutdown_grace_secs: u64,
+    /// Checkout holding web-demo/ and vendor/v86/ for the bundled demo; found by itself
+    /// when unset (see relay/src/demo.rs).
+    pub web_root: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -85,6 +88,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8086)),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9186))),
             shutdown_grace_secs: 5,
+            web_root: None,
         }
     }
 }
@@ -197,6 +201,9 @@ impl Config {
         }
         if let Some(path) = &args.dhcp_state_file {
             self.dhcp.state_file = Some(path.clone());
+        }
+        if let Some(dir) = &args.web_root {
+            self.server.web_root = Some(dir.clone());
         }
     }
 

@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod gateway_port;
 pub mod lan;
 pub mod leases;
