@@ -104,7 +104,14 @@ async function main() {
     if (!panel.includes(h)) throw new Error(`LAN panel lacks ${h}`);
   }
   await a.bringToFront();
-  await run(a, "clear; ip -4 addr show eth0; ping -c 1 vm-b");
+  // A clean console for the screenshot (no test markers).
+  const from = await a.evaluate(() => window.demo.serial.length);
+  await a.evaluate(() => window.demo.emulator.serial0_send("clear; ip -4 addr show eth0; ping -c 2 vm-b\n"));
+  await a.waitForFunction((from) => window.demo.serial.slice(from).includes("round-trip"), from, {
+    timeout: 20000,
+    polling: 250,
+  });
+  await a.waitForTimeout(500);
   await mkdir(artifacts, { recursive: true });
   await a.screenshot({ path: path.join(artifacts, "demo-chromium.png") });
   await b.screenshot({ path: path.join(artifacts, "demo-chromium-b.png") });

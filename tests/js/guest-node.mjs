@@ -60,6 +60,15 @@ async function main() {
   if (!outA.includes(ipB)) throw new Error(`vm1 resolved vm2 to something else than ${ipB}:\n${outA}`);
   timing("ping_by_name", t);
 
+  // The relay's LAN listing (the demo's LAN panel) names both guests with their leases.
+  const { machines } = await (await fetch(`http://${addr}/net/lan?lan=${lan}`)).json();
+  for (const [host, ip, mac] of [["vm1", ipA, macA], ["vm2", ipB, "02:86:00:00:00:02"]]) {
+    const m = machines.find((m) => m.host === host);
+    if (!m || m.ip !== ip || m.mac !== mac || m.transport !== "websocket" || !(m.frames_in > 0)) {
+      throw new Error(`GET /net/lan lacks ${host} ${ip} ${mac}: ${JSON.stringify(machines)}`);
+    }
+  }
+
   if (process.env.V86_RELAY_TEST_NAT === "1") {
     const url = process.env.V86_RELAY_NAT_URL || "http://198.18.0.2/";
     const expect = process.env.V86_RELAY_NAT_EXPECT || "";
