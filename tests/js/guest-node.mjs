@@ -73,7 +73,8 @@ async function main() {
     const url = process.env.V86_RELAY_NAT_URL || "http://198.18.0.2/";
     const expect = process.env.V86_RELAY_NAT_EXPECT || "";
     t = Date.now();
-    const page = await a.mustRun(`wget -q -T 10 -O - ${url}`, 30000);
+    // busybox 1.35's wget crashes on -T (Debian build), so the timeout is busybox timeout.
+    const page = await a.mustRun(`timeout 20 wget -q -O - ${url}`, 30000);
     if (!page.includes(expect)) throw new Error(`page from ${url} lacks "${expect}":\n${page}`);
     timing("wget_through_nat", t);
   } else {
