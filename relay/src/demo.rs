@@ -19,7 +19,7 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use tower_http::services::{ServeDir, ServeFile};
 
-use crate::lan::{LanName, Transport};
+use crate::lan::{LanName, LanView, Transport};
 use crate::server::AppState;
 
 /// The guest image files the page boots (built by vendor/v86/build-guest.sh).
@@ -190,33 +190,11 @@ async fn lan_machines(State(app): State<Arc<AppState>>, Query(q): Query<LanQuery
         .filter(|l| l.expires_unix_secs > now)
         .collect();
     let macs: Vec<_> = leases.iter().map(|l| l.mac).collect();
-    let machines = match app.lans.lan_view(&lan, &macs) {
-        None => Vec::new(),
-        Some(view) => view
-            .ports
-            .iter()
-            .filter(|p| p.transport != Transport::Gateway)
-            .map(|p| {
-                // The newest lease whose MAC the switch last saw on this port.
-                let lease = leases
-                    .iter()
-                    .zip(&view.mac_ports)
-                    .filter(|(_, port)| **port == Some(p.id))
-                    .map(|(lease, _)| lease)
-                    .max_by_key(|l| l.expires_unix_secs);
-                Machine {
-                    host: lease.and_then(|l| l.host_name.clone()),
-                    ip: lease.map(|l| l.ip.to_string()),
-                    mac: lease.map(|l| mac_string(&l.mac.0)),
-                    transport: p.transport.as_str(),
-                    frames_in: p.frames_in,
-                    bytes_in: p.bytes_in,
-                    frames_out: p.frames_out,
-                    bytes_out: p.bytes_out,
-                }
-            })
-            .collect(),
-    };
+    let machines = app
+        .lans
+        .lan_view(&lan, &macs)
+        .map(|view| machines(&view, &leases))
+        .unwrap_or_default();
     (
         [(header::CACHE_CONTROL, "no-store")],
         axum::Json(LanMachines {
@@ -225,6 +203,33 @@ async fn lan_machines(State(app): State<Arc<AppState>>, Query(q): Query<LanQuery
         }),
     )
         .into_response()
+}
+
+/// One row per client port (not the gateway), with the newest live lease whose MAC the
+/// switch last saw on that port. `view.mac_ports` lines up with `leases`.
+fn machines(view: &LanView, leases: &[dhcp::LeaseRecord]) -> Vec<Machine> {
+    view.ports
+        .iter()
+        .filter(|p| p.transport != Transport::Gateway)
+        .map(|p| {
+            let lease = leases
+                .iter()
+                .zip(&view.mac_ports)
+                .filter(|(_, port)| **port == Some(p.id))
+                .map(|(lease, _)| lease)
+                .max_by_key(|l| l.expires_unix_secs);
+            Machine {
+                host: lease.and_then(|l| l.host_name.clone()),
+                ip: lease.map(|l| l.ip.to_string()),
+                mac: lease.map(|l| mac_string(&l.mac.0)),
+                transport: p.transport.as_str(),
+                frames_in: p.frames_in,
+                bytes_in: p.bytes_in,
+                frames_out: p.frames_out,
+                bytes_out: p.bytes_out,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -242,6 +247,60 @@ mod tests {
     fn without_a_root_everything_is_missing() {
         let files = DemoFiles { root: None };
         assert_eq!(files.missing(), vec!["web-demo/"]);
+    }
+
+    fn port(id: u64, transport: Transport) -> crate::lan::PortView {
+        crate::lan::PortView {
+            id,
+            transport,
+            frames_in: id * 10,
+            bytes_in: id * 1000,
+            frames_out: id,
+            bytes_out: id * 100,
+        }
+    }
+
+    fn lease(last: u8, host: &str, expires: u64) -> dhcp::LeaseRecord {
+        let mac = smoltcp::wire::EthernetAddress([2, 0x86, 0, 0, 0, last]);
+        dhcp::LeaseRecord {
+            ip: std::net::Ipv4Addr::new(10, 0, 2, 14 + last),
+            mac,
+            chaddr: mac,
+            client_id: None,
+            host_name: Some(host.to_owned()),
+            expires_unix_secs: expires,
+        }
+    }
+
+    #[test]
+    fn machines_join_ports_and_leases_by_where_the_mac_lives() {
+        let view = LanView {
+            ports: vec![
+                port(1, Transport::Gateway),
+                port(2, Transport::WebSocket),
+                port(3, Transport::WebRtc),
+                port(4, Transport::WebSocket),
+            ],
+            // vm1 on port 2; vm2's old lease and its newer one (after a MAC change) both on
+            // port 3; a lease whose machine is gone; port 4 has no lease yet.
+            mac_ports: vec![Some(2), Some(3), Some(3), None],
+        };
+        let leases = [
+            lease(1, "vm1", 100),
+            lease(2, "vm2-old", 50),
+            lease(3, "vm2", 200),
+            lease(4, "gone", 300),
+        ];
+        let rows = machines(&view, &leases);
+        assert_eq!(rows.len(), 3, "the gateway is not a machine: {rows:?}");
+        assert_eq!(rows[0].host.as_deref(), Some("vm1"));
+        assert_eq!(rows[0].ip.as_deref(), Some("10.0.2.15"));
+        assert_eq!(rows[0].mac.as_deref(), Some("02:86:00:00:00:01"));
+        assert_eq!((rows[0].transport, rows[0].frames_in), ("websocket", 20));
+        assert_eq!(rows[1].host.as_deref(), Some("vm2"));
+        assert_eq!(rows[1].transport, "webrtc");
+        assert_eq!(rows[2].host, None);
+        assert_eq!(rows[2].ip, None);
     }
 
     #[test]

@@ -200,7 +200,7 @@ fn guest_in_node_gets_a_lease_and_pings_by_name() {
         env.push(("V86_RELAY_NAT_URL", "http://198.18.0.2/".to_owned()));
         env.push(("V86_RELAY_NAT_EXPECT", inet.page.clone()));
     }
-    let out = run_node("guest-node.mjs", &env, Duration::from_secs(400));
+    let out = run_node("guest-node.mjs", &env, Duration::from_secs(480));
     assert!(out.contains("GUEST-NODE OK"), "{out}");
 }
 
