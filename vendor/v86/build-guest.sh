@@ -26,9 +26,11 @@ done
 
 apt_dir="$out/apt"
 mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/debs"
-cat >"$apt_dir/sources.list" <<'EOF'
-deb [arch=i386 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
-EOF
+# V86_GUEST_MIRROR picks another Debian mirror (e.g. a local one); the keyring still checks it.
+mirror="${V86_GUEST_MIRROR:-http://deb.debian.org/debian}"
+keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+[ -f "$keyring" ] || { echo "guest: $keyring is missing; install debian-archive-keyring." >&2; exit 1; }
+echo "deb [arch=i386 signed-by=$keyring] $mirror bookworm main" >"$apt_dir/sources.list"
 : >"$apt_dir/status"
 apt_opts=(
   -q
@@ -42,7 +44,7 @@ apt_opts=(
 if ! apt-get "${apt_opts[@]}" update >"$apt_dir/update.log" 2>&1; then
   if [ -z "$(ls "$apt_dir/lists" | grep _Packages || true)" ]; then
     cat "$apt_dir/update.log" >&2
-    echo "guest: cannot fetch the Debian package index; check network access to deb.debian.org." >&2
+    echo "guest: cannot fetch the Debian package index from $mirror; check network access (or set V86_GUEST_MIRROR)." >&2
     exit 1
   fi
   echo "guest: apt-get update failed, using the cached index" >&2
