@@ -52,6 +52,13 @@ $("share").addEventListener("click", async () => {
   }
 });
 
+$("another").addEventListener("click", () => {
+  const url = new URL(location.origin + location.pathname);
+  url.searchParams.set("lan", lanName());
+  // noopener: the new tab must not inherit this tab's sessionStorage (its MAC and name).
+  window.open(url.href, "_blank", "noopener");
+});
+
 // --- Saved states in IndexedDB, keyed by the guest build so a rebuilt guest boots fresh.
 function db() {
   return new Promise((resolve, reject) => {
