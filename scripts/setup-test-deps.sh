@@ -33,3 +33,11 @@ if [ ! -d "$here/tests/js/node_modules/playwright-core" ] || [ ! -d "$here/tests
   echo "setup: npm ci in tests/js"
   (cd "$here/tests/js" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+# The demo guest and v86 for relay/tests/v86.rs: npm packages and the guest image built from
+# Debian packages into vendor/v86/out (ignored by git; reused while its inputs are unchanged).
+if [ ! -f "$here/vendor/v86/node_modules/v86/build/libv86.mjs" ] || [ ! -d "$here/vendor/v86/node_modules/@xterm/xterm" ]; then
+  echo "setup: npm ci in vendor/v86"
+  (cd "$here/vendor/v86" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+"$here/vendor/v86/build-guest.sh"

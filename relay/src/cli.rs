@@ -75,6 +75,10 @@ pub struct ServeArgs {
     /// --metrics-listen is not a loopback address.
     #[arg(long, env = "V86_RELAY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Checkout of v86-relay whose web-demo/ and vendor/v86/ the demo page serves.
+    /// [default: found from the working directory or the binary's location]
+    #[arg(long, env = "V86_RELAY_WEB_ROOT")]
+    pub web_root: Option<PathBuf>,
 }
 
 /// `--metrics-listen ADDR` or `--metrics-listen off`.

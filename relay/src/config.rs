@@ -107,6 +107,9 @@ pub struct ServerConfig {
     /// Bearer token for the admin API on the metrics listener; required when that
     /// listener is not on loopback.
     pub admin_token: Option<String>,
+    /// Checkout holding web-demo/ and vendor/v86/ for the bundled demo; found by itself
+    /// when unset (see relay/src/demo.rs).
+    pub web_root: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -142,6 +145,7 @@ impl Default for ServerConfig {
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9186))),
             shutdown_grace_secs: 5,
             admin_token: None,
+            web_root: None,
         }
     }
 }
@@ -267,6 +271,9 @@ impl Config {
             self.nat.allow_private = true;
         }
         self.nat.forwards.extend(args.forward.iter().cloned());
+        if let Some(dir) = &args.web_root {
+            self.server.web_root = Some(dir.clone());
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {

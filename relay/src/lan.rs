@@ -538,6 +538,51 @@ impl LanRegistry {
     }
 }
 
+/// One LAN as the demo's LAN panel shows it (see [`LanRegistry::lan_view`]).
+#[derive(Clone, Debug, Default)]
+pub struct LanView {
+    pub ports: Vec<PortView>,
+    /// For each MAC asked about, the port the switch last saw it on.
+    pub mac_ports: Vec<Option<u64>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PortView {
+    pub id: u64,
+    pub transport: Transport,
+    pub frames_in: u64,
+    pub bytes_in: u64,
+    pub frames_out: u64,
+    pub bytes_out: u64,
+}
+
+impl LanRegistry {
+    /// The ports of LAN `name` with their traffic, and where each of `macs` lives; None
+    /// when the LAN does not exist.
+    pub fn lan_view(&self, name: &LanName, macs: &[MacAddr]) -> Option<LanView> {
+        let lan = lock(&self.lans).get(name).cloned()?;
+        let state = lock(&lan.state);
+        let mut ports: Vec<PortView> = state
+            .ports
+            .iter()
+            .map(|(id, output)| PortView {
+                id: id.0,
+                transport: output.transport,
+                frames_in: output.counters.frames_in.load(Relaxed),
+                bytes_in: output.counters.bytes_in.load(Relaxed),
+                frames_out: output.counters.frames_out.load(Relaxed),
+                bytes_out: output.counters.bytes_out.load(Relaxed),
+            })
+            .collect();
+        ports.sort_by_key(|p| p.id);
+        let mac_ports = macs
+            .iter()
+            .map(|mac| state.switch.lookup(mac).map(|p| p.0))
+            .collect();
+        Some(LanView { ports, mac_ports })
+    }
+}
+
 impl Lan {
     pub fn name(&self) -> &LanName {
         &self.name

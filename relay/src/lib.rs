@@ -9,6 +9,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod forward;
+pub mod demo;
 pub mod gateway_port;
 pub mod lan;
 pub mod leases;

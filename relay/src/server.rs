@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Path, State, WebSocketUpgrade};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::header;
+use axum::response::Response;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -36,6 +36,8 @@ pub struct AppState {
     /// Every connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
     pub leases: Arc<LeaseStore>,
+    /// The bundled demo's files (web-demo/, vendor/v86/).
+    pub demo: crate::demo::DemoFiles,
 }
 
 /// A running relay.
@@ -59,6 +61,8 @@ pub enum StartError {
     Nat(String),
     #[error("{0}")]
     Forward(#[from] crate::forward::ForwardError),
+    #[error("{0}")]
+    WebRoot(String),
     #[error(
         "cannot listen on {addr} ({key}): {source}. Pick a free address with --{flag} or stop the program using it."
     )]
@@ -125,7 +129,10 @@ impl Relay {
             let forward = text.parse().map_err(StartError::Nat)?;
             forwards.add(forward, &directory).await?;
         }
+        let demo = crate::demo::DemoFiles::locate(config.server.web_root.as_deref())
+            .map_err(StartError::WebRoot)?;
         let app = Arc::new(AppState {
+            demo,
             leases: leases.clone(),
             config,
             lans: lans.clone(),
@@ -250,6 +257,7 @@ fn client_router(app: Arc<AppState>) -> Router {
         .route("/", get(join_default))
         .route("/lan/{name}", get(join_named))
         .route("/healthz", get(|| async { "ok\n" }))
+        .merge(crate::demo::router(&app))
         .with_state(app)
 }
 
@@ -277,11 +285,8 @@ async fn join_default(
 ) -> Response {
     match ws {
         Ok(ws) => websocket::upgrade(app, LanName::default_lan(), ws),
-        Err(_) => (
-            StatusCode::OK,
-            "v86-relay is running.\nPoint v86 at it: net_device: { type: \"virtio\", relay_url: \"ws://THIS-HOST/lan/NAME\" }\n",
-        )
-            .into_response(),
+        // A browser: the demo page, or how to build it.
+        Err(_) => crate::demo::landing(&app).await,
     }
 }
 

@@ -4,34 +4,10 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::netns::*;
 use common::vm::*;
-
-/// dnsmasq on loopback as the "internet" DNS: knows www.example.test only.
-fn upstream_dns(dir: &Path) -> (Proc, u16) {
-    let port = free_port();
-    let child = Command::new("dnsmasq")
-        .args([
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-        ])
-        .args(["--listen-address=127.0.0.1", &format!("--port={port}")])
-        .arg("--address=/www.example.test/198.18.0.7")
-        .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
-        .arg("--user=root")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start dnsmasq (apt package dnsmasq-base)");
-    std::thread::sleep(Duration::from_millis(300));
-    (Proc(child), port)
-}
 
 #[test]
 fn udhcpc_and_dhclient_get_leases_ping_the_gateway_and_resolve_names() {
@@ -39,7 +15,7 @@ fn udhcpc_and_dhclient_get_leases_ping_the_gateway_and_resolve_names() {
         return;
     }
     let dir = Scratch::new("gw");
-    let (_dns, dns_port) = upstream_dns(&dir.0);
+    let (_dns, dns_port) = upstream_dns(&dir.0, &[("www.example.test", "198.18.0.7")]);
     let upstream = format!("127.0.0.1:{dns_port}");
     let (_relay, port) = start_relay(&["--dns-upstream", &upstream]);
     let alice = vm("alice");

@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::netns::{Netns, run};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::netns::{Netns, Proc, free_port, run};
 
 /// A scratch directory removed on drop.
 pub struct Scratch(pub PathBuf);
@@ -107,3 +110,26 @@ pub fn dig_with(ns: &Netns, name: &str, options: &[&str]) -> String {
     let out = ns.exec(&args);
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
+
+/// dnsmasq on loopback as the "internet" DNS: knows only the given names.
+pub fn upstream_dns(dir: &Path, names: &[(&str, &str)]) -> (Proc, u16) {
+    let port = free_port();
+    let child = Command::new("dnsmasq")
+        .args([
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+        ])
+        .args(["--listen-address=127.0.0.1", &format!("--port={port}")])
+        .args(names.iter().map(|(name, ip)| format!("--address=/{name}/{ip}")))
+        .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
+        .arg("--user=root")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start dnsmasq (apt package dnsmasq-base)");
+    std::thread::sleep(Duration::from_millis(300));
+    (Proc(child), port)
+}
+
