@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// File that keeps DHCP leases across restarts. [default: none]
     #[arg(long, env = "V86_RELAY_DHCP_STATE_FILE")]
     pub dhcp_state_file: Option<PathBuf>,
+    /// UDP address for WebTransport (HTTP/3) clients, or `off`.
+    /// [default: the same IP and port number as --listen]
+    #[arg(long, env = "V86_RELAY_WEBTRANSPORT_LISTEN")]
+    pub webtransport_listen: Option<crate::transport::webtransport::WebTransportListen>,
 }
 
 /// `--metrics-listen ADDR` or `--metrics-listen off`.

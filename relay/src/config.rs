@@ -28,6 +28,7 @@ pub struct Config {
     pub lans: std::collections::BTreeMap<String, toml::Table>,
     pub dns: DnsSection,
     pub dhcp: DhcpSection,
+    pub webtransport: crate::transport::webtransport::WebTransportConfig,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -198,6 +199,9 @@ impl Config {
         if let Some(path) = &args.dhcp_state_file {
             self.dhcp.state_file = Some(path.clone());
         }
+        if let Some(listen) = args.webtransport_listen {
+            self.webtransport.listen = listen;
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -297,6 +301,9 @@ impl Config {
                 "out of range",
                 "use 256 to 1048576",
             );
+        }
+        if let Err((key, value, problem, fix)) = self.webtransport.validate() {
+            return invalid(key, value, problem, fix);
         }
         let tables = self.network_tables();
         let check = |lan: &str| -> Result<(), ConfigError> {

@@ -11,6 +11,7 @@ pub mod gateway_port;
 pub mod lan;
 pub mod leases;
 pub mod metrics;
+pub mod net_info;
 pub mod network;
 pub mod server;
 pub mod tap;

@@ -35,6 +35,12 @@ pub struct AppState {
     /// Every connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
     pub leases: Arc<LeaseStore>,
+    /// WebTransport listener state: certificate hashes for /net/info, counters for /metrics.
+    pub webtransport: Arc<crate::transport::webtransport::WebTransportShared>,
+    /// Set by the WebRTC gateway once it listens; /net/info then offers `webrtc`.
+    pub webrtc_available: std::sync::atomic::AtomicBool,
+    /// The bound client listener, for /net/info when a request names no port.
+    pub listen_addr: std::sync::OnceLock<SocketAddr>,
 }
 
 /// A running relay.
@@ -43,6 +49,8 @@ pub struct Relay {
     pub app: Arc<AppState>,
     pub listen_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    /// The WebTransport (UDP) listener, unless switched off.
+    pub webtransport_addr: Option<SocketAddr>,
     servers: TaskTracker,
 }
 
@@ -85,6 +93,9 @@ impl Relay {
             lans: lans.clone(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            webtransport: Default::default(),
+            webrtc_available: Default::default(),
+            listen_addr: Default::default(),
         });
         let servers = TaskTracker::new();
 
@@ -98,6 +109,9 @@ impl Relay {
                 source,
             })?;
         let listen_addr = listener.local_addr().unwrap_or(listen);
+        let _ = app.listen_addr.set(listen_addr);
+        let webtransport_addr =
+            crate::transport::webtransport::start(&app, listen_addr, &servers).await?;
         let shutdown = app.shutdown.clone();
         let router = client_router(app.clone());
         servers.spawn(async move {
@@ -119,11 +133,14 @@ impl Relay {
                     source,
                 })?;
             metrics_addr = Some(listener.local_addr().unwrap_or(addr));
-            let router = metrics_router(Arc::new(metrics::registry(
-                lans.clone(),
-                gateways.clone(),
-                gateway_totals.clone(),
-            )));
+            let mut registry =
+                metrics::registry(lans.clone(), gateways.clone(), gateway_totals.clone());
+            registry.register_collector(Box::new(
+                crate::transport::webtransport::WebTransportCollector(
+                    app.webtransport.stats.clone(),
+                ),
+            ));
+            let router = metrics_router(Arc::new(registry));
             let shutdown = app.shutdown.clone();
             servers.spawn(async move {
                 let serve = axum::serve(listener, router)
@@ -158,6 +175,7 @@ impl Relay {
             app,
             listen_addr,
             metrics_addr,
+            webtransport_addr,
             servers,
         })
     }
@@ -185,6 +203,7 @@ fn client_router(app: Arc<AppState>) -> Router {
         .route("/", get(join_default))
         .route("/lan/{name}", get(join_named))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/net/info", get(crate::net_info::handler))
         .with_state(app)
 }
 
