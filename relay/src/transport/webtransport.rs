@@ -41,6 +41,9 @@ const CERT_VALIDITY_DAYS: i64 = 13;
 pub const MAX_ROTATION_SECS: u64 = 6 * 24 * 3600;
 /// Session close codes (application-defined).
 const CLOSE_SHUTDOWN: u32 = 1001;
+/// Most QUIC handshakes in progress at once; further attempts are refused, so a flood of
+/// Initial packets cannot pile up tasks and TLS state.
+const MAX_HANDSHAKES: usize = 256;
 
 /// `[webtransport] listen`: absent = the same IP and port number as `server.listen`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -268,13 +271,22 @@ async fn accept_loop(
     app: Arc<AppState>,
     endpoint: Arc<Endpoint<wtransport::endpoint::endpoint_side::Server>>,
 ) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     loop {
         let incoming = tokio::select! {
             _ = app.shutdown.cancelled() => break,
             incoming = endpoint.accept() => incoming,
         };
-        let tracker = app.tasks.clone();
-        tracker.spawn(session(app.clone(), incoming));
+        match handshakes.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let tracker = app.tasks.clone();
+                tracker.spawn(session(app.clone(), incoming, permit));
+            }
+            Err(_) => {
+                tracing::debug!("webtransport handshake refused: {MAX_HANDSHAKES} in progress");
+                incoming.refuse();
+            }
+        }
     }
     endpoint.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"relay shutting down");
 }
@@ -288,7 +300,11 @@ pub fn lan_from_path(path: &str) -> Option<Result<LanName, crate::lan::InvalidLa
     path.strip_prefix("/lan/").map(LanName::new)
 }
 
-async fn session(app: Arc<AppState>, incoming: IncomingSession) {
+async fn session(
+    app: Arc<AppState>,
+    incoming: IncomingSession,
+    handshake_permit: tokio::sync::OwnedSemaphorePermit,
+) {
     let handshake = Duration::from_secs(10);
     let request = match tokio::time::timeout(handshake, incoming).await {
         Ok(Ok(request)) => request,
@@ -322,6 +338,7 @@ async fn session(app: Arc<AppState>, incoming: IncomingSession) {
         Ok(Ok(connection)) => connection,
         _ => return,
     };
+    drop(handshake_permit);
     tracing::debug!(%lan, port = %port.id(), "webtransport client joined");
     let stats = app.webtransport.stats.clone();
     let limits = ReassemblyLimits {
@@ -546,7 +563,19 @@ mod tests {
     }
 
     #[test]
-    fn self_signed_is_ecdsa_and_short_lived() {
+    fn config_mistakes_name_the_key() {
+        let err = crate::Config::from_toml("[webtransport]\nlisten = \"nonsense\"\n").unwrap_err();
+        assert!(err.contains("IP:PORT"), "{err}");
+        let config = crate::Config::from_toml("[webtransport]\nlisten = \"off\"\n").unwrap();
+        assert_eq!(config.webtransport.listen, WebTransportListen::Off);
+        let mut config = crate::Config::default();
+        config.webtransport.cert_rotation_secs = 7 * 24 * 3600;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("webtransport.cert_rotation_secs"), "{err}");
+    }
+
+    #[test]
+    fn self_signed_is_ecdsa() {
         let identity = self_signed();
         assert_eq!(hex_hash(&identity).len(), 64);
         // rcgen's PKCS#8 for P-256 carries the id-ecPublicKey OID 1.2.840.10045.2.1.
