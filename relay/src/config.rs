@@ -29,6 +29,7 @@ pub struct Config {
     pub dns: DnsSection,
     pub dhcp: DhcpSection,
     pub webtransport: crate::transport::webtransport::WebTransportConfig,
+    pub tls: crate::tls::TlsConfig,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -202,6 +203,12 @@ impl Config {
         if let Some(listen) = args.webtransport_listen {
             self.webtransport.listen = listen;
         }
+        if let Some(path) = &args.tls_cert {
+            self.tls.cert = Some(path.clone());
+        }
+        if let Some(path) = &args.tls_key {
+            self.tls.key = Some(path.clone());
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -304,6 +311,9 @@ impl Config {
         }
         if let Err((key, value, problem, fix)) = self.webtransport.validate() {
             return invalid(key, value, problem, fix);
+        }
+        if let Err(fix) = self.tls.paths() {
+            return invalid("tls.cert / tls.key", "one of them", "incomplete", fix);
         }
         let tables = self.network_tables();
         let check = |lan: &str| -> Result<(), ConfigError> {

@@ -15,6 +15,7 @@ pub mod net_info;
 pub mod network;
 pub mod server;
 pub mod tap;
+pub mod tls;
 pub mod transport;
 pub mod upstream;
 

@@ -60,6 +60,8 @@ pub enum StartError {
     Leases(#[from] crate::leases::LeaseFileError),
     #[error("{0}")]
     Dns(String),
+    #[error("{0}")]
+    Tls(String),
     #[error(
         "cannot listen on {addr} ({key}): {source}. Pick a free address with --{flag} or stop the program using it."
     )]
@@ -98,6 +100,11 @@ impl Relay {
             listen_addr: Default::default(),
         });
         let servers = TaskTracker::new();
+        let tls = match app.config.tls.paths() {
+            Ok(Some((cert, key))) => Some(crate::tls::load(cert, key).map_err(StartError::Tls)?),
+            Ok(None) => None,
+            Err(problem) => return Err(StartError::Tls(problem)),
+        };
 
         let listen = app.config.server.listen;
         let listener = TcpListener::bind(listen)
@@ -115,9 +122,21 @@ impl Relay {
         let shutdown = app.shutdown.clone();
         let router = client_router(app.clone());
         servers.spawn(async move {
-            let serve = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await });
-            if let Err(error) = serve.await {
+            let stop = shutdown.clone();
+            let serve = match tls {
+                Some(acceptor) => {
+                    let listener = crate::tls::TlsListener::new(listener, acceptor, stop.clone());
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(async move { stop.cancelled().await })
+                        .await
+                }
+                None => {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                        .await
+                }
+            };
+            if let Err(error) = serve {
                 tracing::error!("client listener failed: {error}");
             }
         });

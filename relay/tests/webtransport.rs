@@ -304,3 +304,95 @@ async fn certificate_rotation_keeps_live_sessions() {
     );
     relay.shutdown().await;
 }
+
+/// A TLS client stream to the relay's --listen port, trusting only `cert`.
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    cert: &rcgen::Certificate,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await.expect("TLS handshake")
+}
+
+#[tokio::test]
+async fn one_real_certificate_serves_https_wss_and_webtransport() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use wtransport::tls::self_signed::time::{Duration as D, OffsetDateTime};
+    let dir = std::env::temp_dir().join(format!("v86-relay-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    // Short-lived, so the WebTransport client may pin it by hash as a browser would.
+    params.not_before = OffsetDateTime::now_utc() - D::minutes(1);
+    params.not_after = OffsetDateTime::now_utc() + D::days(10);
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+
+    let mut config = test_config();
+    config.tls.cert = Some(cert_path.clone());
+    config.tls.key = Some(key_path.clone());
+    let relay = start(config).await;
+    let port = relay.listen_addr.port();
+
+    // https:// on --listen: /net/info names wss:// and https://, with no hashes to pin.
+    let mut s = tls_connect(relay.listen_addr, &cert).await;
+    s.write_all(
+        format!(
+            "GET /net/info?lan=tls HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    let raw = String::from_utf8_lossy(&raw);
+    let body = raw.split_once("\r\n\r\n").expect("HTTP answer").1;
+    let info: serde_json::Value = serde_json::from_str(body).expect("JSON");
+    assert_eq!(info["websocket"], format!("wss://localhost:{port}/lan/tls"));
+    assert!(hashes(&info).is_empty(), "{info}");
+
+    // wss:// on --listen and WebTransport with the same certificate, on one LAN.
+    let tls = tls_connect(relay.listen_addr, &cert).await;
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("wss://localhost:{port}/lan/tls"), tls)
+            .await
+            .expect("wss upgrade");
+    let served = wtransport::tls::Certificate::from_der(cert.der().to_vec()).unwrap();
+    let pin = served
+        .hash()
+        .fmt(Sha256DigestFmt::DottedHex)
+        .replace(':', "");
+    let mut wt = connect_wt_pinned(&relay, "/lan/tls", &[pin]).await.unwrap();
+    wt.send(&frame(BROADCAST, mac(1), 1514, 5)).await;
+    let got = tokio::time::timeout(LONG, futures_util::StreamExt::next(&mut ws))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(tag_of(&got.into_data()), 5);
+    relay.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Only one of the two files is a start-up error that says what to do.
+    let mut config = test_config();
+    config.tls.cert = Some(cert_path);
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("--tls-key"), "{err}");
+}

@@ -211,9 +211,26 @@ pub async fn start(
             addr
         }
     };
-    let current = self_signed();
-    let next = self_signed();
-    let hashes = vec![hex_hash(&current), hex_hash(&next)];
+    // A configured certificate is served as it is (a CA-signed one needs no pinning);
+    // otherwise a self-signed one, rotated.
+    let configured = match app.config.tls.paths() {
+        Ok(Some((cert, key))) => Some(Identity::load_pemfiles(cert, key).await.map_err(|e| {
+            StartError::Tls(format!(
+                "WebTransport cannot use --tls-cert {} / --tls-key {}: {e}",
+                cert.display(),
+                key.display()
+            ))
+        })?),
+        _ => None,
+    };
+    let (current, next, hashes) = match configured {
+        Some(identity) => (identity, None, Vec::new()),
+        None => {
+            let (current, next) = (self_signed(), self_signed());
+            let hashes = vec![hex_hash(&current), hex_hash(&next)];
+            (current, Some(next), hashes)
+        }
+    };
     let bind_error = |source| StartError::Bind {
         addr,
         key: "webtransport.listen",
@@ -227,12 +244,14 @@ pub async fn start(
         hashes: RwLock::new(hashes),
     });
     let endpoint = Arc::new(endpoint);
-    servers.spawn(rotate_certificates(
-        app.clone(),
-        endpoint.clone(),
-        local,
-        next,
-    ));
+    if let Some(next) = next {
+        servers.spawn(rotate_certificates(
+            app.clone(),
+            endpoint.clone(),
+            local,
+            next,
+        ));
+    }
     servers.spawn(accept_loop(app.clone(), endpoint));
     Ok(Some(local))
 }
