@@ -1,7 +1,8 @@
 //! Headless Debian Chromium (playwright-core) against a relay on 127.0.0.1: runs
 //! tests/js/transports.test.mjs, where a page joins over WebTransport through
 //! web-demo/relay-client.js, a Node WebSocket client joins too, and frames of every size
-//! pass both ways, counted exactly (plus a WebRTC page once the relay offers WebRTC).
+//! pass both ways, counted exactly (plus a WebRTC page once the relay offers WebRTC); as
+//! root, a Linux namespace attached with `v86-relay tap` answers the page's pings.
 //! Skips when Chromium, node or tests/js/node_modules is missing, unless
 //! V86_RELAY_REQUIRE_BROWSER=1 (set by .ci/run) makes that a failure.
 
@@ -59,11 +60,22 @@ async fn chromium_page_over_webtransport_and_node_websocket_share_a_lan() {
         return;
     }
     let relay = start(test_config()).await;
+    // A real Linux namespace on LAN t, which the page pings (needs root).
+    let namespace = common::netns::root_or_skip("page_pings_namespace").then(|| {
+        let ns = common::netns::Netns::with_tap("wtping", "10.0.2.77/24");
+        let tap = common::netns::attach_tap(relay.listen_addr.port(), "t", &ns);
+        (ns, tap)
+    });
     let dir = std::env::temp_dir().join(format!("v86-relay-browser-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("node.log");
     let out = std::fs::File::create(&log).unwrap();
-    let mut child = Command::new("node")
+    let pinging = namespace.is_some();
+    let mut command = Command::new("node");
+    if pinging {
+        command.env("PING_IP", "10.0.2.77");
+    }
+    let mut child = command
         .arg(repo().join("tests/js/transports.test.mjs"))
         .env("RELAY_URL", format!("http://{}", relay.listen_addr))
         .env("CHROMIUM", chromium())
@@ -91,12 +103,16 @@ async fn chromium_page_over_webtransport_and_node_websocket_share_a_lan() {
     let _ = std::fs::remove_dir_all(&dir);
     println!("{output}");
     let text = scrape(&relay).await;
+    drop(namespace);
     relay.shutdown().await;
     match status {
         Some(status) => assert!(status.success(), "transports.test.mjs failed:\n{output}"),
         None => panic!("transports.test.mjs did not finish in 120 s:\n{output}"),
     }
     assert!(output.contains("ok: "), "{output}");
+    if pinging {
+        assert!(output.contains("pinged namespace 10.0.2.77"), "{output}");
+    }
     // The page's frames reached the relay over WebTransport, fragmented where needed.
     assert!(
         metric(

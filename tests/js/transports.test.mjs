@@ -143,18 +143,21 @@ async function wsPeer(name, n) {
   };
 }
 
+// Only the test's own EtherType is counted: a namespace on the LAN may send IPv6 chatter.
+const ours = (frames) => frames.filter((f) => f[12] === 0x88 && f[13] === 0xb5);
+
 /** Waits until every peer has received exactly its expected frames (by tag), nothing else. */
 async function expectExactly(peers, expected, what) {
   const got = new Map(peers.map((p) => [p.name, []]));
   const deadline = Date.now() + 10000;
   for (;;) {
-    for (const p of peers) got.get(p.name).push(...(await p.take()));
+    for (const p of peers) got.get(p.name).push(...ours(await p.take()));
     const complete = peers.every((p) => got.get(p.name).length >= expected.get(p.name).length);
     if (complete || Date.now() > deadline) break;
     await sleep(50);
   }
   await sleep(300); // anything extra or duplicated shows up now
-  for (const p of peers) got.get(p.name).push(...(await p.take()));
+  for (const p of peers) got.get(p.name).push(...ours(await p.take()));
   for (const p of peers) {
     const want = expected.get(p.name);
     const have = got.get(p.name);
@@ -287,6 +290,79 @@ async function bench(transport, n) {
   await b.close();
 }
 
+/** A page pings a Linux namespace on the LAN (ARP, then ICMP echo), as a guest would. */
+async function pingFromPage(peer, target) {
+  const result = await peer.page.evaluate(
+    async ({ src, target }) => {
+      const ip = (s) => s.split(".").map(Number);
+      const me = ip("10.0.2.78");
+      const them = ip(target);
+      const checksum = (b) => {
+        let sum = 0;
+        for (let i = 0; i < b.length; i += 2) sum += (b[i] << 8) | (b[i + 1] ?? 0);
+        while (sum > 0xffff) sum = (sum & 0xffff) + (sum >> 16);
+        return ~sum & 0xffff;
+      };
+      const wait = (match, ms) =>
+        new Promise((resolve) => {
+          const timer = setTimeout(() => resolve(null), ms);
+          window.onFrame = (f) => {
+            if (match(f)) {
+              clearTimeout(timer);
+              resolve(f);
+            }
+          };
+        });
+      // ARP who-has target tell me.
+      const arp = new Uint8Array(60);
+      arp.set([0xff, 0xff, 0xff, 0xff, 0xff, 0xff], 0);
+      arp.set(src, 6);
+      arp.set([0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1], 12);
+      arp.set(src, 22);
+      arp.set(me, 28);
+      arp.set(them, 38);
+      const isReply = (f) =>
+        f[12] === 0x08 && f[13] === 0x06 && f[21] === 2 && f.subarray(28, 32).join() === them.join();
+      let reply = null;
+      for (let i = 0; i < 10 && !reply; i++) {
+        const pending = wait(isReply, 1000);
+        window.guestSend(arp);
+        reply = await pending;
+      }
+      if (!reply) return { error: "no ARP reply" };
+      const dst = Array.from(reply.subarray(22, 28));
+      const rtts = [];
+      for (let seq = 1; seq <= 3; seq++) {
+        const f = new Uint8Array(14 + 20 + 8 + 32);
+        f.set(dst, 0);
+        f.set(src, 6);
+        f.set([0x08, 0x00], 12);
+        const ipHeader = [0x45, 0, 0, 60, 0, seq, 0x40, 0, 64, 1, 0, 0, ...me, ...them];
+        f.set(ipHeader, 14);
+        const c = checksum(f.subarray(14, 34));
+        f[24] = c >> 8;
+        f[25] = c & 0xff;
+        f.set([8, 0, 0, 0, 0x12, 0x34, 0, seq], 34);
+        for (let i = 42; i < f.length; i++) f[i] = i;
+        const ic = checksum(f.subarray(34));
+        f[36] = ic >> 8;
+        f[37] = ic & 0xff;
+        const isEcho = (r) => r[12] === 0x08 && r[13] === 0 && r[23] === 1 && r[34] === 0 && r[41] === seq;
+        const pending = wait(isEcho, 2000);
+        const t0 = performance.now();
+        window.guestSend(f);
+        if (!(await pending)) return { error: `no echo reply to seq ${seq}` };
+        rtts.push(performance.now() - t0);
+      }
+      window.onFrame = null;
+      return { rtts };
+    },
+    { src: peer.mac, target },
+  );
+  assert.ok(!result.error, `page pings ${target}: ${result.error}`);
+  console.log(`ok: ${peer.name} pinged namespace ${target}: ${result.rtts.map((r) => r.toFixed(1)).join(", ")} ms`);
+}
+
 let failed = false;
 try {
   const peers = [await pagePeer("page-webtransport", "webtransport", 1), await wsPeer("node-websocket", 2)];
@@ -296,6 +372,11 @@ try {
     console.log("SKIPPED webrtc page: /net/info offers no webrtc (no WebRTC listener on this relay)");
   }
   await exchange(peers);
+  if (process.env.PING_IP) {
+    for (const p of peers) if (p.page) await pingFromPage(p, process.env.PING_IP);
+  } else {
+    console.log("SKIPPED ping from a page: no namespace on the LAN (PING_IP unset)");
+  }
   const s = await peers[0].stats();
   console.log("page-webtransport stats:", JSON.stringify(s));
   assert.ok(s.fragmentsOut > 0, "the page fragmented frames over 1210 bytes");
