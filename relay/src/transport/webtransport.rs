@@ -179,17 +179,20 @@ fn self_signed() -> Identity {
 }
 
 fn server_config(app: &AppState, addr: SocketAddr, identity: Identity) -> ServerConfig {
-    let builder = ServerConfig::builder()
-        .with_bind_address(addr)
-        .with_identity(identity)
-        .keep_alive_interval(Some(app.config.ping_interval()));
-    match builder.max_idle_timeout(Some(app.config.idle_timeout())) {
-        Ok(builder) => builder.build(),
-        // The idle timeout is validated at start-up; keep QUIC's own default if not.
-        Err(_) => ServerConfig::builder()
+    // QUIC expresses idle timeouts up to 2^62 ms; capped at a year, the value always fits.
+    let idle = app
+        .config
+        .idle_timeout()
+        .min(Duration::from_secs(365 * 24 * 3600));
+    let base = || {
+        ServerConfig::builder()
             .with_bind_address(addr)
-            .with_identity(self_signed())
-            .build(),
+            .with_identity(identity.clone_identity())
+            .keep_alive_interval(Some(app.config.ping_interval()))
+    };
+    match base().max_idle_timeout(Some(idle)) {
+        Ok(builder) => builder.build(),
+        Err(_) => base().build(),
     }
 }
 
