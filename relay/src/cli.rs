@@ -79,6 +79,17 @@ pub struct ServeArgs {
     /// [default: found from the working directory or the binary's location]
     #[arg(long, env = "V86_RELAY_WEB_ROOT")]
     pub web_root: Option<PathBuf>,
+    /// UDP address for WebTransport (HTTP/3) clients, or `off`.
+    /// [default: the same IP and port number as --listen]
+    #[arg(long, env = "V86_RELAY_WEBTRANSPORT_LISTEN")]
+    pub webtransport_listen: Option<crate::transport::webtransport::WebTransportListen>,
+    /// PEM certificate chain: --listen then serves https:// and wss://, and WebTransport
+    /// uses it instead of a self-signed certificate. Needs --tls-key.
+    #[arg(long, env = "V86_RELAY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "V86_RELAY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `--metrics-listen ADDR` or `--metrics-listen off`.

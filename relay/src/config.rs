@@ -28,6 +28,8 @@ pub struct Config {
     pub lans: std::collections::BTreeMap<String, toml::Table>,
     pub dns: DnsSection,
     pub dhcp: DhcpSection,
+    pub webtransport: crate::transport::webtransport::WebTransportConfig,
+    pub tls: crate::tls::TlsConfig,
     /// Internet access for the VMs (see [`crate::nat`]).
     pub nat: NatSection,
 }
@@ -274,6 +276,15 @@ impl Config {
         if let Some(dir) = &args.web_root {
             self.server.web_root = Some(dir.clone());
         }
+        if let Some(listen) = args.webtransport_listen {
+            self.webtransport.listen = listen;
+        }
+        if let Some(path) = &args.tls_cert {
+            self.tls.cert = Some(path.clone());
+        }
+        if let Some(path) = &args.tls_key {
+            self.tls.key = Some(path.clone());
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -381,6 +392,12 @@ impl Config {
             if let Err(problem) = forward.parse::<crate::nat::Forward>() {
                 return Err(ConfigError::Nat(problem));
             }
+        }
+        if let Err((key, value, problem, fix)) = self.webtransport.validate() {
+            return invalid(key, value, problem, fix);
+        }
+        if let Err(fix) = self.tls.paths() {
+            return invalid("tls.cert / tls.key", "one of them", "incomplete", fix);
         }
         let tables = self.network_tables();
         let check = |lan: &str| -> Result<(), ConfigError> {

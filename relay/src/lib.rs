@@ -15,9 +15,11 @@ pub mod lan;
 pub mod leases;
 pub mod metrics;
 pub mod nat;
+pub mod net_info;
 pub mod network;
 pub mod server;
 pub mod tap;
+pub mod tls;
 pub mod transport;
 pub mod upstream;
 

@@ -38,6 +38,12 @@ pub struct AppState {
     pub leases: Arc<LeaseStore>,
     /// The bundled demo's files (web-demo/, vendor/v86/).
     pub demo: crate::demo::DemoFiles,
+    /// WebTransport listener state: certificate hashes for /net/info, counters for /metrics.
+    pub webtransport: Arc<crate::transport::webtransport::WebTransportShared>,
+    /// Set by the WebRTC gateway once it listens; /net/info then offers `webrtc`.
+    pub webrtc_available: std::sync::atomic::AtomicBool,
+    /// The bound client listener, for /net/info when a request names no port.
+    pub listen_addr: std::sync::OnceLock<SocketAddr>,
 }
 
 /// A running relay.
@@ -48,6 +54,8 @@ pub struct Relay {
     pub metrics_addr: Option<SocketAddr>,
     /// Inbound port forwards; they stop with the relay.
     pub forwards: Arc<Forwards>,
+    /// The WebTransport (UDP) listener, unless switched off.
+    pub webtransport_addr: Option<SocketAddr>,
     servers: TaskTracker,
 }
 
@@ -63,6 +71,8 @@ pub enum StartError {
     Forward(#[from] crate::forward::ForwardError),
     #[error("{0}")]
     WebRoot(String),
+    #[error("{0}")]
+    Tls(String),
     #[error(
         "cannot listen on {addr} ({key}): {source}. Pick a free address with --{flag} or stop the program using it."
     )]
@@ -138,8 +148,16 @@ impl Relay {
             lans: lans.clone(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            webtransport: Default::default(),
+            webrtc_available: Default::default(),
+            listen_addr: Default::default(),
         });
         let servers = TaskTracker::new();
+        let tls = match app.config.tls.paths() {
+            Ok(Some((cert, key))) => Some(crate::tls::load(cert, key).map_err(StartError::Tls)?),
+            Ok(None) => None,
+            Err(problem) => return Err(StartError::Tls(problem)),
+        };
 
         let listen = app.config.server.listen;
         let listener = TcpListener::bind(listen)
@@ -151,17 +169,32 @@ impl Relay {
                 source,
             })?;
         let listen_addr = listener.local_addr().unwrap_or(listen);
+        let _ = app.listen_addr.set(listen_addr);
+        let webtransport_addr =
+            crate::transport::webtransport::start(&app, listen_addr, &servers).await?;
         let shutdown = app.shutdown.clone();
         let router = client_router(app.clone());
         // Frames are small and latency-bound (DHCP, DNS, TCP ACKs inside): without
         // TCP_NODELAY, Nagle holds a frame back until the client's delayed ACK (40 ms).
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
         servers.spawn(async move {
-            let serve = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await });
-            if let Err(error) = serve.await {
+            let stop = shutdown.clone();
+            let serve = match tls {
+                Some(acceptor) => {
+                    let listener = crate::tls::TlsListener::new(listener, acceptor, stop.clone());
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(async move { stop.cancelled().await })
+                        .await
+                }
+                None => {
+                    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                        .await
+                }
+            };
+            if let Err(error) = serve {
                 tracing::error!("client listener failed: {error}");
             }
         });
@@ -177,19 +210,26 @@ impl Relay {
                     source,
                 })?;
             metrics_addr = Some(listener.local_addr().unwrap_or(addr));
-            let router = metrics_router(Arc::new(metrics::registry(
+            let mut registry = metrics::registry(
                 lans.clone(),
                 gateways.clone(),
                 gateway_totals.clone(),
                 forwards.clone(),
-            )))
-            .merge(crate::admin::router(Arc::new(crate::admin::AdminState {
-                lans: lans.clone(),
-                directory: directory.clone(),
-                forwards: forwards.clone(),
-                token: app.config.server.admin_token.clone(),
-                listen: addr,
-            })));
+            );
+            registry.register_collector(Box::new(
+                crate::transport::webtransport::WebTransportCollector(
+                    app.webtransport.stats.clone(),
+                ),
+            ));
+            let router = metrics_router(Arc::new(registry)).merge(crate::admin::router(
+                Arc::new(crate::admin::AdminState {
+                    lans: lans.clone(),
+                    directory: directory.clone(),
+                    forwards: forwards.clone(),
+                    token: app.config.server.admin_token.clone(),
+                    listen: addr,
+                }),
+            ));
             if !addr.ip().is_loopback() && app.config.server.admin_token.is_none() {
                 tracing::warn!(
                     "the admin API on {addr} is refused until --admin-token is set (the listener is not loopback)"
@@ -230,6 +270,7 @@ impl Relay {
             listen_addr,
             metrics_addr,
             forwards,
+            webtransport_addr,
             servers,
         })
     }
@@ -258,6 +299,7 @@ fn client_router(app: Arc<AppState>) -> Router {
         .route("/lan/{name}", get(join_named))
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(crate::demo::router(&app))
+        .route("/net/info", get(crate::net_info::handler))
         .with_state(app)
 }
 

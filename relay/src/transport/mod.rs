@@ -2,3 +2,4 @@
 //! port's queue back to the client.
 
 pub mod websocket;
+pub mod webtransport;

@@ -1,0 +1,147 @@
+//! `--tls-cert/--tls-key`: one real certificate for every transport. WebTransport serves it
+//! instead of a self-signed one, and the `--listen` port speaks `https://` and `wss://`
+//! (rustls), so a page on HTTPS reaches the relay without a separate proxy.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+/// Most TLS handshakes in progress at once on `--listen`; a slow or silent client holds one
+/// for at most [`HANDSHAKE_TIMEOUT`].
+const MAX_HANDSHAKES: usize = 256;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `[tls]` section: both files, or neither.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
+
+    /// The two paths, or a message saying which one is missing.
+    pub fn paths(&self) -> Result<Option<(&Path, &Path)>, String> {
+        match (&self.cert, &self.key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some((cert, key))),
+            (Some(_), None) => Err("--tls-cert is set but --tls-key is not: give both".into()),
+            (None, Some(_)) => Err("--tls-key is set but --tls-cert is not: give both".into()),
+        }
+    }
+}
+
+/// Reads the certificate and key; errors name the file and what is wrong with it.
+pub fn load(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read --tls-cert {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("--tls-cert {} is not PEM: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "--tls-cert {} holds no CERTIFICATE block: give the PEM chain, leaf first",
+            cert.display()
+        ));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        format!(
+            "cannot read a private key from --tls-key {}: {e}. Give a PEM PKCS#8, RSA or EC key",
+            key.display()
+        )
+    })?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| {
+            format!(
+                "--tls-cert {} and --tls-key {} do not make a usable pair: {e}",
+                cert.display(),
+                key.display()
+            )
+        })?;
+    // WebSocket upgrades need HTTP/1.1.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A TCP listener whose connections are TLS; handshakes run in their own tasks so a slow
+/// client never holds up the others.
+#[derive(Debug)]
+pub struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    pub fn new(listener: TcpListener, acceptor: TlsAcceptor, stop: CancellationToken) -> Self {
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (tx, ready) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+            loop {
+                let accepted = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((tcp, peer)) = accepted else {
+                    // Out of descriptors or similar: back off briefly rather than spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                // As on the plain listener: Nagle would hold small frames back.
+                let _ = tcp.set_nodelay(true);
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    continue; // dropped: too many handshakes in progress
+                };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                    if let Ok(Ok(tls)) = handshake.await {
+                        drop(slot);
+                        let _ = tx.send((tls, peer)).await;
+                    }
+                });
+            }
+        });
+        Self { ready, local }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(accepted) => accepted,
+            // The accept task ends only at shutdown; then nothing more arrives.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
