@@ -31,8 +31,9 @@ use crate::config::NatSection;
 pub const HOST_READ_BUDGET: usize = 4 * CHUNK;
 /// Largest chunk moved at once either way.
 const CHUNK: usize = 64 * 1024;
-/// Chunks waiting for a host writer.
-const WRITER_QUEUE: usize = 4;
+/// Chunks waiting for a host writer. Data the VM sends meanwhile stays in smoltcp and
+/// goes in the next chunk: fewer, larger writes.
+const WRITER_QUEUE: usize = 2;
 /// Events from host tasks to the gateway task; senders wait when it is full.
 pub const EVENT_QUEUE: usize = 1024;
 /// Ping requests remembered for matching replies, per LAN.
@@ -276,6 +277,8 @@ struct TcpFlow {
     pending: VecDeque<Bytes>,
     host_eof: bool,
     eof_passed: bool,
+    /// Chunks sent to the writer and not yet written.
+    chunks_at_writer: usize,
     vm_fin_passed: bool,
     tasks: [AbortHandle; 2],
 }
@@ -423,6 +426,9 @@ impl NatHost {
                 nat.close_flow(now, flow);
             }
             HostEvent::Drained(flow) => {
+                if let Some(HostFlow::Tcp(tcp)) = self.flows.get_mut(&flow) {
+                    tcp.chunks_at_writer = tcp.chunks_at_writer.saturating_sub(1);
+                }
                 if let Some(status) = nat.tcp_status(flow) {
                     self.move_data(nat, status);
                 }
@@ -549,10 +555,14 @@ impl NatHost {
         let flow = status.flow;
         let mut readable = status.readable;
         while readable > 0 {
-            let Ok(permit) = tcp.to_host.try_reserve() else {
+            if tcp.chunks_at_writer >= WRITER_QUEUE {
                 // The writer will say Drained when there is room.
                 break;
+            }
+            let Ok(permit) = tcp.to_host.try_reserve() else {
+                break;
             };
+            tcp.chunks_at_writer += 1;
             let data = nat.tcp_recv(now, flow, CHUNK);
             if data.is_empty() {
                 break;
@@ -635,6 +645,7 @@ impl NatHost {
             pending: VecDeque::new(),
             host_eof: false,
             eof_passed: false,
+            chunks_at_writer: 0,
             vm_fin_passed: false,
             tasks: [reader.abort_handle(), writer.abort_handle()],
         }
