@@ -60,6 +60,19 @@ pub struct ServeArgs {
     /// File that keeps DHCP leases across restarts. [default: none]
     #[arg(long, env = "V86_RELAY_DHCP_STATE_FILE")]
     pub dhcp_state_file: Option<PathBuf>,
+    /// UDP address of the WebRTC peer (ICE-lite, one port for all browsers), or `off`.
+    /// [default: the IP and port number of --listen]
+    #[arg(long, env = "V86_RELAY_WEBRTC_LISTEN")]
+    pub webrtc_listen: Option<String>,
+    /// Address browsers are told to send WebRTC traffic to (IP, or IP:PORT), when the relay
+    /// is behind NAT or listens on 0.0.0.0. [default: the listen address, else the address
+    /// the browser reached the relay at]
+    #[arg(long, env = "V86_RELAY_WEBRTC_PUBLIC_ADDR")]
+    pub webrtc_public_addr: Option<String>,
+    /// Web page origins allowed to open sessions, comma-separated, e.g.
+    /// `https://class.example.org`. [default: any]
+    #[arg(long, env = "V86_RELAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
 }
 
 /// `--metrics-listen ADDR` or `--metrics-listen off`.

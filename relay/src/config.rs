@@ -28,6 +28,45 @@ pub struct Config {
     pub lans: std::collections::BTreeMap<String, toml::Table>,
     pub dns: DnsSection,
     pub dhcp: DhcpSection,
+    pub webrtc: WebRtcSection,
+}
+
+/// The WebRTC peer (see `transport::webrtc`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebRtcSection {
+    /// UDP `IP:PORT`, or `"off"`; absent means the IP and port number of `server.listen`.
+    pub listen: Option<String>,
+    /// Announced candidate, `IP` or `IP:PORT`.
+    pub public_addr: Option<String>,
+    pub connect_timeout_secs: u64,
+    pub max_pending: usize,
+    pub sctp_send_buffer_bytes: usize,
+    pub socket_buffer_bytes: usize,
+}
+
+impl Default for WebRtcSection {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            public_addr: None,
+            connect_timeout_secs: 20,
+            max_pending: 256,
+            // Measured: at 128 KiB (str0m's default) half of a 1000-frame burst was lost.
+            sctp_send_buffer_bytes: 4 << 20,
+            socket_buffer_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Where the WebRTC peer listens and what it announces, as [`Config::webrtc`] resolves them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WebRtcAddrs {
+    pub listen: SocketAddr,
+    /// The IP to announce; `None` means "the address the browser reached us at".
+    pub public_ip: Option<std::net::IpAddr>,
+    /// The port to announce; `None` means the bound port.
+    pub public_port: Option<u16>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -51,6 +90,8 @@ pub struct ServerConfig {
     /// Prometheus `/metrics`; on its own listener so a public relay does not publish it.
     pub metrics_listen: Option<SocketAddr>,
     pub shutdown_grace_secs: u64,
+    /// Page origins allowed to open sessions; empty allows any.
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -85,6 +126,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8086)),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9186))),
             shutdown_grace_secs: 5,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -198,6 +240,15 @@ impl Config {
         if let Some(path) = &args.dhcp_state_file {
             self.dhcp.state_file = Some(path.clone());
         }
+        if let Some(listen) = &args.webrtc_listen {
+            self.webrtc.listen = Some(listen.clone());
+        }
+        if let Some(addr) = &args.webrtc_public_addr {
+            self.webrtc.public_addr = Some(addr.clone());
+        }
+        if !args.allowed_origins.is_empty() {
+            self.server.allowed_origins = args.allowed_origins.clone();
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -298,6 +349,36 @@ impl Config {
                 "use 256 to 1048576",
             );
         }
+        self.webrtc_addrs()?;
+        if self.webrtc.connect_timeout_secs == 0 || self.webrtc.max_pending == 0 {
+            return invalid(
+                "webrtc.connect_timeout_secs",
+                self.webrtc.connect_timeout_secs,
+                "no browser could connect (webrtc.max_pending must be over 0 too)",
+                "keep the defaults 20 and 256",
+            );
+        }
+        if !(64 * 1024..=64 << 20).contains(&self.webrtc.sctp_send_buffer_bytes) {
+            return invalid(
+                "webrtc.sctp_send_buffer_bytes",
+                self.webrtc.sctp_send_buffer_bytes,
+                "out of range",
+                "use 65536 to 67108864; 4194304 carries bursts of 1000 frames",
+            );
+        }
+        for origin in &self.server.allowed_origins {
+            if origin.is_empty()
+                || origin.ends_with('/')
+                || !origin.contains("://") && origin != "null"
+            {
+                return Err(ConfigError::Invalid {
+                    key: "server.allowed_origins",
+                    value: format!("{origin:?}"),
+                    problem: "not a web origin",
+                    fix: "write origins as a browser sends them, e.g. https://class.example.org or http://localhost:8080 (no path, no trailing slash)".to_owned(),
+                });
+            }
+        }
         let tables = self.network_tables();
         let check = |lan: &str| -> Result<(), ConfigError> {
             let section = if self.lans.contains_key(lan) {
@@ -328,6 +409,46 @@ impl Config {
             defaults: self.network.clone(),
             lans: self.lans.clone(),
         }
+    }
+
+    /// The WebRTC peer's addresses, or `None` when it is off.
+    pub fn webrtc_addrs(&self) -> Result<Option<WebRtcAddrs>, ConfigError> {
+        let listen = match self.webrtc.listen.as_deref() {
+            Some(off) if off.eq_ignore_ascii_case("off") => return Ok(None),
+            Some(text) => text.parse().map_err(|_| ConfigError::Invalid {
+                key: "webrtc.listen",
+                value: format!("{text:?}"),
+                problem: "not an address",
+                fix: "use IP:PORT for UDP such as 0.0.0.0:8086, or \"off\"".to_owned(),
+            })?,
+            None => self.server.listen,
+        };
+        let (public_ip, public_port) = match self.webrtc.public_addr.as_deref() {
+            None => (None, None),
+            Some(text) => {
+                let bad = || {
+                    ConfigError::Invalid {
+                    key: "webrtc.public_addr",
+                    value: format!("{text:?}"),
+                    problem: "not a usable IP or IP:PORT",
+                    fix: "give the relay's address as browsers reach it, e.g. 203.0.113.7 or 203.0.113.7:8086 (no host names: ICE needs an IP)".to_owned(),
+                }
+                };
+                let (ip, port) = match text.parse::<SocketAddr>() {
+                    Ok(addr) => (addr.ip(), Some(addr.port())),
+                    Err(_) => (text.parse().map_err(|_| bad())?, None),
+                };
+                if ip.is_unspecified() || ip.is_multicast() {
+                    return Err(bad());
+                }
+                (Some(ip), port)
+            }
+        };
+        Ok(Some(WebRtcAddrs {
+            listen,
+            public_ip,
+            public_port,
+        }))
     }
 
     pub fn ping_interval(&self) -> Duration {

@@ -35,6 +35,8 @@ pub struct AppState {
     /// Every connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
     pub leases: Arc<LeaseStore>,
+    /// The WebRTC peer, once started (absent when `webrtc.listen` is off).
+    pub webrtc: std::sync::OnceLock<Arc<crate::transport::webrtc::WebRtc>>,
 }
 
 /// A running relay.
@@ -52,6 +54,8 @@ pub enum StartError {
     Leases(#[from] crate::leases::LeaseFileError),
     #[error("{0}")]
     Dns(String),
+    #[error("{0}")]
+    WebRtc(#[from] crate::transport::webrtc::WebRtcStartError),
     #[error(
         "cannot listen on {addr} ({key}): {source}. Pick a free address with --{flag} or stop the program using it."
     )]
@@ -85,6 +89,7 @@ impl Relay {
             lans: lans.clone(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            webrtc: std::sync::OnceLock::new(),
         });
         let servers = TaskTracker::new();
 
@@ -98,8 +103,12 @@ impl Relay {
                 source,
             })?;
         let listen_addr = listener.local_addr().unwrap_or(listen);
+        if let Some(rtc) = crate::transport::webrtc::start(&app).await? {
+            let _ = app.webrtc.set(rtc);
+        }
         let shutdown = app.shutdown.clone();
-        let router = client_router(app.clone());
+        let router =
+            client_router(app.clone()).merge(crate::transport::webrtc::router(app.clone()));
         servers.spawn(async move {
             let serve = axum::serve(listener, router)
                 .with_graceful_shutdown(async move { shutdown.cancelled().await });
@@ -119,11 +128,14 @@ impl Relay {
                     source,
                 })?;
             metrics_addr = Some(listener.local_addr().unwrap_or(addr));
-            let router = metrics_router(Arc::new(metrics::registry(
-                lans.clone(),
-                gateways.clone(),
-                gateway_totals.clone(),
-            )));
+            let mut registry =
+                metrics::registry(lans.clone(), gateways.clone(), gateway_totals.clone());
+            if let Some(rtc) = app.webrtc.get() {
+                registry.register_collector(Box::new(crate::transport::webrtc::WebRtcCollector(
+                    rtc.clone(),
+                )));
+            }
+            let router = metrics_router(Arc::new(registry));
             let shutdown = app.shutdown.clone();
             servers.spawn(async move {
                 let serve = axum::serve(listener, router)
