@@ -486,3 +486,25 @@ async fn chromium_page_exchanges_frames_with_a_websocket_client() {
     .await;
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_peer_that_vanishes_is_removed() {
+    let relay = start(rtc_config()).await;
+    let rtc = RtcClient::connect(&relay, "t").await;
+    assert_eq!(
+        metric_now(&relay, "v86_relay_connections{transport=\"webrtc\"}").await,
+        1
+    );
+    // The tab is killed: no close, no more consent checks.
+    rtc.task.abort();
+    let gone = Instant::now();
+    while metric_now(&relay, "v86_relay_connections{transport=\"webrtc\"}").await != 0 {
+        assert!(
+            gone.elapsed() < Duration::from_secs(60),
+            "a vanished peer still holds its port after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("vanished peer removed after {:?}", gone.elapsed());
+    relay.shutdown().await;
+}
