@@ -488,6 +488,50 @@ mod tests {
     }
 
     #[test]
+    fn webrtc_addresses() {
+        let mut config = Config::default();
+        let addrs = config.webrtc_addrs().unwrap().unwrap();
+        assert_eq!(addrs.listen, config.server.listen);
+        assert_eq!((addrs.public_ip, addrs.public_port), (None, None));
+        config.webrtc.listen = Some("OFF".into());
+        assert_eq!(config.webrtc_addrs().unwrap(), None);
+        config.webrtc.listen = Some("127.0.0.1:9000".into());
+        config.webrtc.public_addr = Some("203.0.113.7".into());
+        let addrs = config.webrtc_addrs().unwrap().unwrap();
+        assert_eq!(addrs.listen.port(), 9000);
+        assert_eq!(addrs.public_ip, Some([203, 0, 113, 7].into()));
+        config.webrtc.public_addr = Some("203.0.113.7:443".into());
+        assert_eq!(
+            config.webrtc_addrs().unwrap().unwrap().public_port,
+            Some(443)
+        );
+        for bad in ["relay.example.org", "0.0.0.0", "224.0.0.1:9"] {
+            config.webrtc.public_addr = Some(bad.into());
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("webrtc.public_addr"), "{err}");
+        }
+        config.webrtc.public_addr = None;
+        config.webrtc.listen = Some("8086".into());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("webrtc.listen") && err.contains("off"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn allowed_origins_must_be_origins() {
+        let mut config = Config::default();
+        config.server.allowed_origins = vec!["https://class.example.org".into(), "null".into()];
+        config.validate().unwrap();
+        for bad in ["class.example.org", "https://class.example.org/", ""] {
+            config.server.allowed_origins = vec![bad.into()];
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("server.allowed_origins"), "{err}");
+        }
+    }
+
+    #[test]
     fn bad_value_names_key_and_fix() {
         let mut config = Config::default();
         config.limits.port_queue_frames = 0;

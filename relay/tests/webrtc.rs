@@ -400,6 +400,28 @@ async fn bad_offers_get_a_reason() {
 }
 
 #[tokio::test]
+async fn a_full_lan_refuses_the_offer_with_503() {
+    let mut config = rtc_config();
+    config.limits.max_ports_per_lan = 2;
+    let relay = start(config).await;
+    let _a = connect(&relay, "/lan/full").await;
+    let _b = connect(&relay, "/lan/full").await;
+    eventually("both WebSocket clients joined", || async {
+        metric_now(&relay, "v86_relay_connections{transport=\"websocket\"}").await == 2
+    })
+    .await;
+    let (_rtc, _channel, _socket, (status, _, body), _pending) = offer(&relay, "full").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("LAN is full"), "{body}");
+    // The refused peer is not left behind in the gateway.
+    eventually("no WebRTC peer remains", || async {
+        metric_now(&relay, "v86_relay_webrtc_peers").await == 0
+    })
+    .await;
+    relay.shutdown().await;
+}
+
+#[tokio::test]
 async fn webrtc_off_answers_503() {
     let mut config = rtc_config();
     config.webrtc.listen = Some("off".into());

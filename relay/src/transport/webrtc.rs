@@ -241,6 +241,7 @@ impl Driver {
                 }
             }
             self.flush().await;
+            self.peers.store(self.gateway.peer_count(), Relaxed);
         }
         let peers: Vec<PeerId> = self.ports.keys().copied().collect();
         for peer in peers {
@@ -282,7 +283,6 @@ impl Driver {
             .map(move |frame| (peer, frame));
         self.outgoing.push(Box::pin(stream));
         self.ports.insert(peer, port);
-        self.peers.store(self.ports.len(), Relaxed);
         let _ = reply.send(Ok(answer));
     }
 
@@ -317,7 +317,6 @@ impl Driver {
                     if let Some(port) = self.ports.remove(&peer) {
                         tracing::debug!(%peer, port = %port.id(), ?reason, "WebRTC peer left");
                     }
-                    self.peers.store(self.ports.len(), Relaxed);
                 }
             }
         }
@@ -517,5 +516,74 @@ impl Collector for WebRtcCollector {
             MetricType::Gauge,
         )?)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(host: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        h
+    }
+
+    #[test]
+    fn host_header_ips() {
+        assert_eq!(
+            host_ip(&headers("127.0.0.1:8086")),
+            Some([127, 0, 0, 1].into())
+        );
+        assert_eq!(host_ip(&headers("10.1.2.3")), Some([10, 1, 2, 3].into()));
+        assert_eq!(
+            host_ip(&headers("[::1]:8086")),
+            Some("::1".parse().unwrap())
+        );
+        assert_eq!(host_ip(&headers("relay.example.org:8086")), None);
+        assert_eq!(host_ip(&HeaderMap::new()), None);
+    }
+
+    fn rtc(listen: &str, public_ip: Option<&str>, public_port: Option<u16>) -> WebRtc {
+        let (commands, _) = mpsc::channel(1);
+        WebRtc {
+            local_addr: listen.parse().unwrap(),
+            addrs: WebRtcAddrs {
+                listen: listen.parse().unwrap(),
+                public_ip: public_ip.map(|ip| ip.parse().unwrap()),
+                public_port,
+            },
+            fallback_ip: [192, 0, 2, 9].into(),
+            commands,
+            stats: Arc::default(),
+            peers: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn announced_candidate() {
+        let reached = Some([10, 0, 0, 5].into());
+        // A specific listen IP is announced as is.
+        let c = rtc("127.0.0.1:8086", None, None).candidate(reached);
+        assert_eq!(c, "127.0.0.1:8086".parse().unwrap());
+        // On 0.0.0.0: the IP the page reached, else the default route's.
+        let any = rtc("0.0.0.0:8086", None, None);
+        assert_eq!(any.candidate(reached), "10.0.0.5:8086".parse().unwrap());
+        assert_eq!(any.candidate(None), "192.0.2.9:8086".parse().unwrap());
+        // A public address wins, with its port when given.
+        let public = rtc("0.0.0.0:8086", Some("203.0.113.7"), Some(443));
+        assert_eq!(
+            public.candidate(reached),
+            "203.0.113.7:443".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn offer_url_for_net_info() {
+        let lan = LanName::new("physics-101").unwrap();
+        assert_eq!(
+            WebRtc::offer_url("http://127.0.0.1:8086/", &lan),
+            "http://127.0.0.1:8086/net/rtc/offer?lan=physics-101"
+        );
     }
 }
