@@ -366,6 +366,14 @@ impl Config {
                 "use 65536 to 67108864; 4194304 carries bursts of 1000 frames",
             );
         }
+        if !(64 * 1024..=64 << 20).contains(&self.webrtc.socket_buffer_bytes) {
+            return invalid(
+                "webrtc.socket_buffer_bytes",
+                self.webrtc.socket_buffer_bytes,
+                "out of range",
+                "use 65536 to 67108864; 4194304 carries bursts of 1000 frames",
+            );
+        }
         for origin in &self.server.allowed_origins {
             if origin.is_empty()
                 || origin.ends_with('/')
