@@ -90,6 +90,19 @@ pub struct ServeArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "V86_RELAY_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// UDP address of the WebRTC peer (ICE-lite, one port for all browsers), or `off`.
+    /// [default: the IP of --listen and the next port number (8087 with the defaults)]
+    #[arg(long, env = "V86_RELAY_WEBRTC_LISTEN")]
+    pub webrtc_listen: Option<String>,
+    /// Address browsers are told to send WebRTC traffic to (IP, or IP:PORT), when the relay
+    /// is behind NAT or listens on 0.0.0.0. [default: the listen address, else the address
+    /// the browser reached the relay at]
+    #[arg(long, env = "V86_RELAY_WEBRTC_PUBLIC_ADDR")]
+    pub webrtc_public_addr: Option<String>,
+    /// Web page origins allowed to open sessions, comma-separated, e.g.
+    /// `https://class.example.org`. [default: any]
+    #[arg(long, env = "V86_RELAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
 }
 
 /// `--metrics-listen ADDR` or `--metrics-listen off`.

@@ -28,6 +28,7 @@ pub struct Config {
     pub lans: std::collections::BTreeMap<String, toml::Table>,
     pub dns: DnsSection,
     pub dhcp: DhcpSection,
+    pub webrtc: WebRtcSection,
     pub webtransport: crate::transport::webtransport::WebTransportConfig,
     pub tls: crate::tls::TlsConfig,
     /// Internet access for the VMs (see [`crate::nat`]).
@@ -85,6 +86,44 @@ impl Default for NatSection {
     }
 }
 
+/// The WebRTC peer (see `transport::webrtc`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebRtcSection {
+    /// UDP `IP:PORT`, or `"off"`; absent means the IP and port number of `server.listen`.
+    pub listen: Option<String>,
+    /// Announced candidate, `IP` or `IP:PORT`.
+    pub public_addr: Option<String>,
+    pub connect_timeout_secs: u64,
+    pub max_pending: usize,
+    pub sctp_send_buffer_bytes: usize,
+    pub socket_buffer_bytes: usize,
+}
+
+impl Default for WebRtcSection {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            public_addr: None,
+            connect_timeout_secs: 20,
+            max_pending: 256,
+            // Measured: at 128 KiB (str0m's default) half of a 1000-frame burst was lost.
+            sctp_send_buffer_bytes: 4 << 20,
+            socket_buffer_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Where the WebRTC peer listens and what it announces, as [`Config::webrtc`] resolves them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WebRtcAddrs {
+    pub listen: SocketAddr,
+    /// The IP to announce; `None` means "the address the browser reached us at".
+    pub public_ip: Option<std::net::IpAddr>,
+    /// The port to announce; `None` means the bound port.
+    pub public_port: Option<u16>,
+}
+
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DnsSection {
@@ -112,6 +151,8 @@ pub struct ServerConfig {
     /// Checkout holding web-demo/ and vendor/v86/ for the bundled demo; found by itself
     /// when unset (see relay/src/demo.rs).
     pub web_root: Option<PathBuf>,
+    /// Page origins allowed to open sessions; empty allows any.
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -148,6 +189,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 5,
             admin_token: None,
             web_root: None,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -285,6 +327,15 @@ impl Config {
         if let Some(path) = &args.tls_key {
             self.tls.key = Some(path.clone());
         }
+        if let Some(listen) = &args.webrtc_listen {
+            self.webrtc.listen = Some(listen.clone());
+        }
+        if let Some(addr) = &args.webrtc_public_addr {
+            self.webrtc.public_addr = Some(addr.clone());
+        }
+        if !args.allowed_origins.is_empty() {
+            self.server.allowed_origins = args.allowed_origins.clone();
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -399,6 +450,44 @@ impl Config {
         if let Err(fix) = self.tls.paths() {
             return invalid("tls.cert / tls.key", "one of them", "incomplete", fix);
         }
+        self.webrtc_addrs()?;
+        if self.webrtc.connect_timeout_secs == 0 || self.webrtc.max_pending == 0 {
+            return invalid(
+                "webrtc.connect_timeout_secs",
+                self.webrtc.connect_timeout_secs,
+                "no browser could connect (webrtc.max_pending must be over 0 too)",
+                "keep the defaults 20 and 256",
+            );
+        }
+        if !(64 * 1024..=64 << 20).contains(&self.webrtc.sctp_send_buffer_bytes) {
+            return invalid(
+                "webrtc.sctp_send_buffer_bytes",
+                self.webrtc.sctp_send_buffer_bytes,
+                "out of range",
+                "use 65536 to 67108864; 4194304 carries bursts of 1000 frames",
+            );
+        }
+        if !(64 * 1024..=64 << 20).contains(&self.webrtc.socket_buffer_bytes) {
+            return invalid(
+                "webrtc.socket_buffer_bytes",
+                self.webrtc.socket_buffer_bytes,
+                "out of range",
+                "use 65536 to 67108864; 4194304 carries bursts of 1000 frames",
+            );
+        }
+        for origin in &self.server.allowed_origins {
+            if origin.is_empty()
+                || origin.ends_with('/')
+                || !origin.contains("://") && origin != "null"
+            {
+                return Err(ConfigError::Invalid {
+                    key: "server.allowed_origins",
+                    value: format!("{origin:?}"),
+                    problem: "not a web origin",
+                    fix: "write origins as a browser sends them, e.g. https://class.example.org or http://localhost:8080 (no path, no trailing slash)".to_owned(),
+                });
+            }
+        }
         let tables = self.network_tables();
         let check = |lan: &str| -> Result<(), ConfigError> {
             let section = if self.lans.contains_key(lan) {
@@ -429,6 +518,54 @@ impl Config {
             defaults: self.network.clone(),
             lans: self.lans.clone(),
         }
+    }
+
+    /// The WebRTC peer's addresses, or `None` when it is off.
+    pub fn webrtc_addrs(&self) -> Result<Option<WebRtcAddrs>, ConfigError> {
+        let listen = match self.webrtc.listen.as_deref() {
+            Some(off) if off.eq_ignore_ascii_case("off") => return Ok(None),
+            Some(text) => text.parse().map_err(|_| ConfigError::Invalid {
+                key: "webrtc.listen",
+                value: format!("{text:?}"),
+                problem: "not an address",
+                fix: "use IP:PORT for UDP such as 0.0.0.0:8086, or \"off\"".to_owned(),
+            })?,
+            // WebTransport takes --listen's port number on UDP; WebRTC the next one. The
+            // port travels inside the SDP answer, so nobody types it.
+            None => {
+                let mut addr = self.server.listen;
+                if addr.port() != 0 {
+                    addr.set_port(addr.port().checked_add(1).unwrap_or(0));
+                }
+                addr
+            }
+        };
+        let (public_ip, public_port) = match self.webrtc.public_addr.as_deref() {
+            None => (None, None),
+            Some(text) => {
+                let bad = || {
+                    ConfigError::Invalid {
+                    key: "webrtc.public_addr",
+                    value: format!("{text:?}"),
+                    problem: "not a usable IP or IP:PORT",
+                    fix: "give the relay's address as browsers reach it, e.g. 203.0.113.7 or 203.0.113.7:8086 (no host names: ICE needs an IP)".to_owned(),
+                }
+                };
+                let (ip, port) = match text.parse::<SocketAddr>() {
+                    Ok(addr) => (addr.ip(), Some(addr.port())),
+                    Err(_) => (text.parse().map_err(|_| bad())?, None),
+                };
+                if ip.is_unspecified() || ip.is_multicast() {
+                    return Err(bad());
+                }
+                (Some(ip), port)
+            }
+        };
+        Ok(Some(WebRtcAddrs {
+            listen,
+            public_ip,
+            public_port,
+        }))
     }
 
     pub fn ping_interval(&self) -> Duration {
@@ -465,6 +602,50 @@ mod tests {
     fn unknown_key_is_named() {
         let err = Config::from_toml("[limits]\nmax_frame_sise = 2000\n").unwrap_err();
         assert!(err.contains("max_frame_sise"), "{err}");
+    }
+
+    #[test]
+    fn webrtc_addresses() {
+        let mut config = Config::default();
+        let addrs = config.webrtc_addrs().unwrap().unwrap();
+        assert_eq!(addrs.listen, config.server.listen);
+        assert_eq!((addrs.public_ip, addrs.public_port), (None, None));
+        config.webrtc.listen = Some("OFF".into());
+        assert_eq!(config.webrtc_addrs().unwrap(), None);
+        config.webrtc.listen = Some("127.0.0.1:9000".into());
+        config.webrtc.public_addr = Some("203.0.113.7".into());
+        let addrs = config.webrtc_addrs().unwrap().unwrap();
+        assert_eq!(addrs.listen.port(), 9000);
+        assert_eq!(addrs.public_ip, Some([203, 0, 113, 7].into()));
+        config.webrtc.public_addr = Some("203.0.113.7:443".into());
+        assert_eq!(
+            config.webrtc_addrs().unwrap().unwrap().public_port,
+            Some(443)
+        );
+        for bad in ["relay.example.org", "0.0.0.0", "224.0.0.1:9"] {
+            config.webrtc.public_addr = Some(bad.into());
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("webrtc.public_addr"), "{err}");
+        }
+        config.webrtc.public_addr = None;
+        config.webrtc.listen = Some("8086".into());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("webrtc.listen") && err.contains("off"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn allowed_origins_must_be_origins() {
+        let mut config = Config::default();
+        config.server.allowed_origins = vec!["https://class.example.org".into(), "null".into()];
+        config.validate().unwrap();
+        for bad in ["class.example.org", "https://class.example.org/", ""] {
+            config.server.allowed_origins = vec![bad.into()];
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("server.allowed_origins"), "{err}");
+        }
     }
 
     #[test]

@@ -8,8 +8,8 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
-pub mod forward;
 pub mod demo;
+pub mod forward;
 pub mod gateway_port;
 pub mod lan;
 pub mod leases;

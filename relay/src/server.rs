@@ -44,6 +44,8 @@ pub struct AppState {
     pub webrtc_available: std::sync::atomic::AtomicBool,
     /// The bound client listener, for /net/info when a request names no port.
     pub listen_addr: std::sync::OnceLock<SocketAddr>,
+    /// The WebRTC peer, once started (absent when `webrtc.listen` is off).
+    pub webrtc: std::sync::OnceLock<Arc<crate::transport::webrtc::WebRtc>>,
 }
 
 /// A running relay.
@@ -73,6 +75,8 @@ pub enum StartError {
     WebRoot(String),
     #[error("{0}")]
     Tls(String),
+    #[error("{0}")]
+    WebRtc(#[from] crate::transport::webrtc::WebRtcStartError),
     #[error(
         "cannot listen on {addr} ({key}): {source}. Pick a free address with --{flag} or stop the program using it."
     )]
@@ -151,6 +155,7 @@ impl Relay {
             webtransport: Default::default(),
             webrtc_available: Default::default(),
             listen_addr: Default::default(),
+            webrtc: std::sync::OnceLock::new(),
         });
         let servers = TaskTracker::new();
         let tls = match app.config.tls.paths() {
@@ -172,10 +177,14 @@ impl Relay {
         let _ = app.listen_addr.set(listen_addr);
         let webtransport_addr =
             crate::transport::webtransport::start(&app, listen_addr, &servers).await?;
+        if let Some(rtc) = crate::transport::webrtc::start(&app).await? {
+            let _ = app.webrtc.set(rtc);
+            app.webrtc_available
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let shutdown = app.shutdown.clone();
-        let router = client_router(app.clone());
-        // Frames are small and latency-bound (DHCP, DNS, TCP ACKs inside): without
-        // TCP_NODELAY, Nagle holds a frame back until the client's delayed ACK (40 ms).
+        let router =
+            client_router(app.clone()).merge(crate::transport::webrtc::router(app.clone()));
         servers.spawn(async move {
             let stop = shutdown.clone();
             let serve = match tls {
@@ -221,15 +230,20 @@ impl Relay {
                     app.webtransport.stats.clone(),
                 ),
             ));
-            let router = metrics_router(Arc::new(registry)).merge(crate::admin::router(
-                Arc::new(crate::admin::AdminState {
+            if let Some(rtc) = app.webrtc.get() {
+                registry.register_collector(Box::new(crate::transport::webrtc::WebRtcCollector(
+                    rtc.clone(),
+                )));
+            }
+            let router = metrics_router(Arc::new(registry)).merge(crate::admin::router(Arc::new(
+                crate::admin::AdminState {
                     lans: lans.clone(),
                     directory: directory.clone(),
                     forwards: forwards.clone(),
                     token: app.config.server.admin_token.clone(),
                     listen: addr,
-                }),
-            ));
+                },
+            )));
             if !addr.ip().is_loopback() && app.config.server.admin_token.is_none() {
                 tracing::warn!(
                     "the admin API on {addr} is refused until --admin-token is set (the listener is not loopback)"

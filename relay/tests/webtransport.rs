@@ -259,7 +259,10 @@ async fn net_info_lists_every_transport() {
     let h = hashes(&info);
     assert_eq!(h.len(), 2, "current and next certificate");
     assert!(h.iter().all(|h| h.len() == 64), "{h:?}");
-    assert!(info.get("webrtc").is_none(), "no WebRTC listener yet");
+    assert_eq!(
+        info["webrtc"]["offer_url"],
+        format!("http://test:{port}/net/rtc/offer?lan=physics-101")
+    );
     let (status, _) = http_get(relay.listen_addr, "/net/info?lan=a/b").await;
     assert!(status.contains("400"), "{status}");
     relay.shutdown().await;

@@ -122,7 +122,11 @@ pub fn upstream_dns(dir: &Path, names: &[(&str, &str)]) -> (Proc, u16) {
             "--bind-interfaces",
         ])
         .args(["--listen-address=127.0.0.1", &format!("--port={port}")])
-        .args(names.iter().map(|(name, ip)| format!("--address=/{name}/{ip}")))
+        .args(
+            names
+                .iter()
+                .map(|(name, ip)| format!("--address=/{name}/{ip}")),
+        )
         .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
         .arg("--user=root")
         .stdout(Stdio::null())
@@ -132,4 +136,3 @@ pub fn upstream_dns(dir: &Path, names: &[(&str, &str)]) -> (Proc, u16) {
     std::thread::sleep(Duration::from_millis(300));
     (Proc(child), port)
 }
-
