@@ -25,7 +25,8 @@ tag=nb$$
 pids=()
 namespaces=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # Taps first, then the relay (they would log their reconnect attempts).
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; done
   wait 2>/dev/null || true
   for ns in "${namespaces[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
   ip link del "${tag}h" 2>/dev/null || true
