@@ -511,3 +511,62 @@ fn inbound_forwards_follow_the_vm_across_a_new_lease() {
     let text = metrics(metrics_port);
     assert_eq!(sample(&text, "v86_relay_forwards_active"), 2);
 }
+
+#[test]
+fn private_addresses_are_reachable_only_when_allowed() {
+    if !root_or_skip("private_addresses_are_reachable_only_when_allowed") {
+        return;
+    }
+    let scratch = Scratch::new("priv");
+    let internet = Internet::new("prinet", 44);
+    // The internet namespace also holds a private address, routed from the host.
+    let peer = format!("{}p", internet.host_if);
+    must(&[
+        "ip",
+        "addr",
+        "add",
+        "10.77.44.1/24",
+        "dev",
+        &internet.host_if,
+    ]);
+    internet
+        .ns
+        .ip(&["addr", "add", "10.77.44.2/24", "dev", &peer]);
+    let www = scratch.0.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "private-server\n").unwrap();
+    let _httpd = internet.spawn(&[
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        www.to_str().unwrap(),
+    ]);
+    wait_listening(&internet.ns, "10.77.44.2", 8080);
+    let url = "http://10.77.44.2:8080/";
+    let curl = |ns: &Netns| {
+        let out = ns.exec(&["curl", "-sS", "--max-time", "5", url]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+
+    // Default policy: refused at once.
+    {
+        let (_relay, _port, _metrics, vm_ns, _tap) = relay_and_vm("privno", &scratch, &[]);
+        assert_eq!(
+            curl(&vm_ns).0,
+            Some(7),
+            "10.x reached without --allow-private"
+        );
+    }
+    // --allow-private: reached.
+    let (_relay, _port, _metrics, vm_ns, _tap) =
+        relay_and_vm("privyes", &scratch, &["--allow-private"]);
+    let (code, body) = curl(&vm_ns);
+    assert_eq!(code, Some(0));
+    assert_eq!(body.trim(), "private-server");
+}
