@@ -568,6 +568,17 @@ impl Config {
         }))
     }
 
+    /// Whether a page from `origin` may open a session (WebSocket, WebTransport, WebRTC).
+    /// No Origin means a program, not a page: allowed, as is everything when the list is
+    /// empty.
+    pub fn origin_allowed(&self, origin: Option<&[u8]>) -> bool {
+        let allowed = &self.server.allowed_origins;
+        match origin {
+            None => true,
+            Some(origin) => allowed.is_empty() || allowed.iter().any(|a| a.as_bytes() == origin),
+        }
+    }
+
     pub fn ping_interval(&self) -> Duration {
         Duration::from_secs(self.websocket.ping_interval_secs)
     }

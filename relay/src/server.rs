@@ -335,12 +335,30 @@ fn metrics_router(registry: Arc<Registry>) -> Router {
     )
 }
 
+/// 403 for a page whose origin `--allowed-origins` does not list.
+fn origin_refused(app: &AppState, headers: &axum::http::HeaderMap) -> Option<Response> {
+    let origin = headers
+        .get(axum::http::header::ORIGIN)
+        .map(|o| o.as_bytes());
+    if app.config.origin_allowed(origin) {
+        return None;
+    }
+    Some(axum::response::IntoResponse::into_response((
+        axum::http::StatusCode::FORBIDDEN,
+        "this page's origin may not use this relay: add it to --allowed-origins (server.allowed_origins)\n",
+    )))
+}
+
 async fn join_default(
     State(app): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match ws {
-        Ok(ws) => websocket::upgrade(app, LanName::default_lan(), ws),
+        Ok(ws) => match origin_refused(&app, &headers) {
+            Some(refused) => refused,
+            None => websocket::upgrade(app, LanName::default_lan(), ws),
+        },
         // A browser: the demo page, or how to build it.
         Err(_) => crate::demo::landing(&app).await,
     }
@@ -349,12 +367,16 @@ async fn join_default(
 async fn join_named(
     State(app): State<Arc<AppState>>,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let lan = match LanName::new(&name) {
         Ok(lan) => lan,
         Err(invalid) => return websocket::bad_request(invalid),
     };
+    if let Some(refused) = origin_refused(&app, &headers) {
+        return refused;
+    }
     match ws {
         Ok(ws) => websocket::upgrade(app, lan, ws),
         Err(rejection) => websocket::bad_request(format!(

@@ -360,3 +360,28 @@ async fn shutdown_closes_clients_with_1001() {
         "shutdown finished within its grace period"
     );
 }
+
+#[tokio::test]
+async fn allowed_origins_refuse_other_pages_but_not_programs() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut config = test_config();
+    config.server.allowed_origins = vec!["https://class.example.org".to_owned()];
+    let relay = start(config).await;
+    let with_origin = |origin: &str| {
+        let mut request = url(&relay, "/lan/o").into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().unwrap());
+        request
+    };
+    let refused = tokio_tungstenite::connect_async(with_origin("https://evil.example"))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("403"), "{refused}");
+    tokio_tungstenite::connect_async(with_origin("https://class.example.org"))
+        .await
+        .expect("listed origin connects");
+    // v86 in Node and the TAP client send no Origin.
+    connect(&relay, "/lan/o").await;
+    relay.shutdown().await;
+}

@@ -348,8 +348,7 @@ fn check_origin(config: &Config, headers: &HeaderMap) -> Result<HeaderValue, Str
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(HeaderValue::from_static("*"));
     };
-    let allowed = &config.server.allowed_origins;
-    if allowed.is_empty() || allowed.iter().any(|a| a.as_bytes() == origin.as_bytes()) {
+    if config.origin_allowed(Some(origin.as_bytes())) {
         return Ok(origin.clone());
     }
     let shown: String = String::from_utf8_lossy(origin.as_bytes())

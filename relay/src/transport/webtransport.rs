@@ -336,6 +336,17 @@ async fn session(
         }
         Err(_) => return,
     };
+    if !app
+        .config
+        .origin_allowed(request.origin().map(str::as_bytes))
+    {
+        tracing::debug!(
+            origin = request.origin(),
+            "webtransport session refused: origin not in --allowed-origins"
+        );
+        request.forbidden().await;
+        return;
+    }
     let lan = match lan_from_path(request.path()) {
         Some(Ok(lan)) => lan,
         Some(Err(invalid)) => {
