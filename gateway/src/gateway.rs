@@ -11,8 +11,8 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, ETHERNET_HEADER_LEN, EthernetAddress, EthernetFrame,
     EthernetProtocol, EthernetRepr, IPV4_HEADER_LEN, Icmpv4Message, Icmpv4Packet, Icmpv4Repr,
-    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
-    UDP_HEADER_LEN, UdpPacket, UdpRepr,
+    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, UDP_HEADER_LEN,
+    UdpPacket, UdpRepr,
 };
 
 use crate::config::GatewayConfig;
@@ -531,27 +531,7 @@ impl Gateway {
             self.stats.ignored += 1;
             return;
         }
-        let (seq_number, ack_number) = match segment.ack_number {
-            Some(ack) => (ack, None),
-            None => (
-                TcpSeqNumber(0),
-                Some(segment.seq_number + segment.segment_len()),
-            ),
-        };
-        let reset = TcpRepr {
-            src_port: segment.dst_port,
-            dst_port: segment.src_port,
-            control: TcpControl::Rst,
-            seq_number,
-            ack_number,
-            window_len: 0,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None; 3],
-            timestamp: None,
-            payload: &[],
-        };
+        let reset = crate::nat::reset_for(&segment);
         self.stats.dns_tcp_reset += 1;
         self.emit_ipv4(
             frame_src,

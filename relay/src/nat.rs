@@ -651,35 +651,51 @@ impl NatHost {
         }
     }
 
-    fn open_udp(&self, flow: FlowId) -> io::Result<HostFlow> {
-        let std_socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-        std_socket.set_nonblocking(true)?;
-        let socket = Arc::new(UdpSocket::from_std(std_socket)?);
+    /// A task that reads `socket` until aborted and passes what `to_event` makes of each
+    /// datagram to the gateway task.
+    fn spawn_reader(
+        &self,
+        socket: Arc<UdpSocket>,
+        to_event: impl Fn(&[u8], SocketAddrV4) -> Option<HostEvent> + Send + 'static,
+    ) -> AbortHandle {
         let events = self.events.clone();
-        let reader_socket = socket.clone();
         let guard = TaskGuard::new(&self.shared.tasks);
-        let reader = tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let _guard = guard;
             let mut buffer = vec![0; 65536];
             loop {
-                let Ok((n, SocketAddr::V4(from))) = reader_socket.recv_from(&mut buffer).await
-                else {
+                let from = match socket.recv_from(&mut buffer).await {
+                    Ok((n, SocketAddr::V4(from))) => (n, from),
+                    Ok(_) => continue,
+                    Err(_) => {
+                        // A persistent error must not spin a core.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let Some(event) = to_event(&buffer[..from.0], from.1) else {
                     continue;
                 };
-                let data = Bytes::copy_from_slice(&buffer[..n]);
-                if events
-                    .send(HostEvent::Datagram(flow, from, data))
-                    .await
-                    .is_err()
-                {
+                if events.send(event).await.is_err() {
                     return;
                 }
             }
         });
-        Ok(HostFlow::Udp {
-            socket,
-            reader: reader.abort_handle(),
-        })
+        task.abort_handle()
+    }
+
+    fn open_udp(&self, flow: FlowId) -> io::Result<HostFlow> {
+        let std_socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        std_socket.set_nonblocking(true)?;
+        let socket = Arc::new(UdpSocket::from_std(std_socket)?);
+        let reader = self.spawn_reader(socket.clone(), move |datagram, from| {
+            Some(HostEvent::Datagram(
+                flow,
+                from,
+                Bytes::copy_from_slice(datagram),
+            ))
+        });
+        Ok(HostFlow::Udp { socket, reader })
     }
 
     fn ping(&mut self, flow: FlowId, to: Ipv4Addr, seq: u16, payload: &[u8]) {
@@ -727,45 +743,28 @@ impl NatHost {
         // Datagram sockets get their identifier from the kernel, which also filters
         // replies; raw sockets filter by ours.
         let ident = (std::process::id() as u16) ^ (rand_u16());
-        let events = self.events.clone();
-        let reader_socket = socket.clone();
-        let guard = TaskGuard::new(&self.shared.tasks);
-        let reader = tokio::spawn(async move {
-            let _guard = guard;
-            let mut buffer = vec![0; 65536];
-            loop {
-                let Ok((n, SocketAddr::V4(from))) = reader_socket.recv_from(&mut buffer).await
-                else {
-                    continue;
-                };
-                let mut packet = &buffer[..n];
-                if raw {
-                    // Raw sockets include the IPv4 header.
-                    let header = usize::from(packet.first().map_or(0, |b| b & 0x0f)) * 4;
-                    if header < 20 || packet.len() < header {
-                        continue;
-                    }
-                    packet = &packet[header..];
+        let reader = self.spawn_reader(socket.clone(), move |mut packet, from| {
+            if raw {
+                // Raw sockets include the IPv4 header.
+                let header = usize::from(packet.first().map_or(0, |b| b & 0x0f)) * 4;
+                if header < 20 || packet.len() < header {
+                    return None;
                 }
-                let Some((reply_ident, host_seq, data)) = parse_echo_reply(packet) else {
-                    continue;
-                };
-                if raw && reply_ident != ident {
-                    continue;
-                }
-                let event = HostEvent::PingReply {
-                    from: *from.ip(),
-                    host_seq,
-                    data: Bytes::copy_from_slice(data),
-                };
-                if events.send(event).await.is_err() {
-                    return;
-                }
+                packet = &packet[header..];
             }
+            let (reply_ident, host_seq, data) = parse_echo_reply(packet)?;
+            if raw && reply_ident != ident {
+                return None;
+            }
+            Some(HostEvent::PingReply {
+                from: *from.ip(),
+                host_seq,
+                data: Bytes::copy_from_slice(data),
+            })
         });
         Ok(PingSocket {
             socket,
-            reader: reader.abort_handle(),
+            reader,
             ident,
             next_seq: 0,
             requests: HashMap::new(),
