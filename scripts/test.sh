@@ -10,6 +10,9 @@ trap 'rm -f "$log"' EXIT
 
 scripts/setup-test-deps.sh
 cargo fmt --all -- --check
+# One-way layers (docs/architecture.md): fails on a back-edge; the self-test proves it would.
+python3 scripts/check-layers.py --self-test
+python3 scripts/check-layers.py
 cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 cargo build --workspace --all-targets --locked --quiet
 status=0

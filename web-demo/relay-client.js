@@ -10,7 +10,7 @@
 // guest) and `bus.send("net0-receive", Uint8Array)` (frames to the guest), so tests and other
 // programs can pass a small object instead of a V86 instance.
 //
-// Wire formats (design.md): WebSocket and WebRTC carry one frame per message. WebTransport
+// Wire formats (docs/architecture.md): WebSocket and WebRTC carry one frame per message. WebTransport
 // datagrams start with 0x00 (whole frame) or 0x01 + id u16 BE + index u8 + count u8 (2..=64)
 // + bytes, because Chromium refuses datagrams over `maxDatagramSize` (1211 there).
 

@@ -7,6 +7,8 @@ use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::{Config, ConfigError, WebTransportListen};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "v86-relay",
@@ -82,7 +84,7 @@ pub struct ServeArgs {
     /// UDP address for WebTransport (HTTP/3) clients, or `off`.
     /// [default: the same IP and port number as --listen]
     #[arg(long, env = "V86_RELAY_WEBTRANSPORT_LISTEN")]
-    pub webtransport_listen: Option<crate::transport::webtransport::WebTransportListen>,
+    pub webtransport_listen: Option<WebTransportListen>,
     /// PEM certificate chain: --listen then serves https:// and wss://, and WebTransport
     /// uses it instead of a self-signed certificate. Needs --tls-key.
     #[arg(long, env = "V86_RELAY_TLS_CERT")]
@@ -103,6 +105,79 @@ pub struct ServeArgs {
     /// `https://class.example.org`. [default: any]
     #[arg(long, env = "V86_RELAY_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+}
+
+impl ServeArgs {
+    /// Defaults, then the file, then the flags; then checks the result.
+    pub fn load_config(&self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        self.apply_to(&mut config);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Writes every flag that was given over the same key of `config`.
+    pub fn apply_to(&self, config: &mut Config) {
+        let args = self;
+        if let Some(listen) = args.listen {
+            config.server.listen = listen;
+        }
+        if let Some(metrics) = &args.metrics_listen {
+            config.server.metrics_listen = metrics.0;
+        }
+        if let Some(v) = args.max_frame_size {
+            config.limits.max_frame_size = v;
+        }
+        if let Some(v) = args.port_queue_frames {
+            config.limits.port_queue_frames = v;
+        }
+        if let Some(v) = args.max_connections {
+            config.limits.max_connections = v;
+        }
+        if let Some(v) = args.mac_aging_secs {
+            config.switch.mac_aging_secs = v;
+        }
+        if !args.dns_upstream.is_empty() {
+            config.dns.upstream = args.dns_upstream.clone();
+        }
+        if let Some(path) = &args.dhcp_state_file {
+            config.dhcp.state_file = Some(path.clone());
+        }
+        if let Some(token) = &args.admin_token {
+            config.server.admin_token = Some(token.clone());
+        }
+        if args.host_loopback {
+            config.nat.host_loopback = true;
+        }
+        if args.allow_private {
+            config.nat.allow_private = true;
+        }
+        config.nat.forwards.extend(args.forward.iter().cloned());
+        if let Some(dir) = &args.web_root {
+            config.server.web_root = Some(dir.clone());
+        }
+        if let Some(listen) = args.webtransport_listen {
+            config.webtransport.listen = listen;
+        }
+        if let Some(path) = &args.tls_cert {
+            config.tls.cert = Some(path.clone());
+        }
+        if let Some(path) = &args.tls_key {
+            config.tls.key = Some(path.clone());
+        }
+        if let Some(listen) = &args.webrtc_listen {
+            config.webrtc.listen = Some(listen.clone());
+        }
+        if let Some(addr) = &args.webrtc_public_addr {
+            config.webrtc.public_addr = Some(addr.clone());
+        }
+        if !args.allowed_origins.is_empty() {
+            config.server.allowed_origins = args.allowed_origins.clone();
+        }
+    }
 }
 
 /// `--metrics-listen ADDR` or `--metrics-listen off`.

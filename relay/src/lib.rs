@@ -1,27 +1,31 @@
-//! v86-relay: the runtime. Transports turn client connections into ports of a LAN
-//! ([`lan`]), whose switch ([`switch`] crate) forwards frames between them.
+//! v86-relay: the runtime. Layers, each importing only the ones above it in this list
+//! (docs/architecture.md, "Layers"; `scripts/check-layers.sh` fails on a back-edge):
 //!
-//! Frame path: `transport::websocket` -> [`lan::Port::ingress`] -> `switch::Switch` ->
-//! the other ports' bounded queues -> each transport's writer, or the LAN's gateway port
-//! ([`gateway_port`], driving the `gateway` crate: ARP/ICMP, DHCP, DNS).
+//! 0. [`shared`]: LAN names, transports, drop reasons, frame limits, the metrics encoder.
+//! 1. [`config`]: every section's types and checks.
+//! 2. `lan`: the LAN registry, ports and their bounded queues, traffic counters.
+//! 3. `transport` (WebSocket, WebTransport, WebRTC) and `nat` (host sockets).
+//! 4. `gateway_port`: the per-LAN task driving the `gateway` crate, its commands and stats.
+//! 5. `forward`: inbound port-forward listeners.
+//! 6. `http`: the client router, `/net/info`, the demo, the admin API, `/metrics`.
+//! 7. [`app`] (starts everything), [`cli`] and [`tap`] (the binary's edge).
+//!
+//! A frame's path: `transport/websocket.rs` -> `lan/port.rs` (`Port::ingress`, the switch)
+//! -> another port's queue, or the gateway port (`gateway_port/mod.rs`) -> the `gateway`
+//! crate -> `nat/` (host sockets) -> back the same way.
+#![warn(unreachable_pub)]
 
-pub mod admin;
+pub mod app;
 pub mod cli;
 pub mod config;
-pub mod demo;
-pub mod forward;
-pub mod gateway_port;
-pub mod lan;
-pub mod leases;
-pub mod metrics;
-pub mod nat;
-pub mod net_info;
-pub mod network;
-pub mod server;
+pub(crate) mod forward;
+pub(crate) mod gateway_port;
+pub(crate) mod http;
+pub(crate) mod lan;
+pub(crate) mod nat;
+pub mod shared;
 pub mod tap;
-pub mod tls;
-pub mod transport;
-pub mod upstream;
+pub(crate) mod transport;
 
+pub use app::Relay;
 pub use config::Config;
-pub use server::Relay;

@@ -1,6 +1,6 @@
 use clap::Parser;
+use relay::Relay;
 use relay::cli::{Cli, Command};
-use relay::{Config, Relay};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -36,7 +36,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(args: relay::cli::ServeArgs) -> anyhow::Result<()> {
-    let config = Config::load(&args)?;
+    let config = args.load_config()?;
     let relay = Relay::start(config).await?;
     tracing::info!(
         "v86-relay listening on ws://{}/ (LAN default) and ws://{}/lan/NAME",

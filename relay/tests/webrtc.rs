@@ -212,7 +212,7 @@ impl RtcClient {
 }
 
 fn webrtc_addr(relay: &Relay) -> SocketAddr {
-    relay.app.webrtc.get().expect("webrtc on").local_addr
+    relay.webrtc_addr.expect("webrtc on")
 }
 
 async fn metric_now(relay: &Relay, sample: &str) -> u64 {
@@ -426,7 +426,7 @@ async fn webrtc_off_answers_503() {
     let mut config = rtc_config();
     config.webrtc.listen = Some("off".into());
     let relay = start(config).await;
-    assert!(relay.app.webrtc.get().is_none());
+    assert!(relay.webrtc_addr.is_none());
     let (status, _, body) = http(&relay, "POST", "/net/rtc/offer?lan=t", &[], "v=0").await;
     assert_eq!(status, 503);
     assert!(body.contains("WebRTC is off"), "{body}");

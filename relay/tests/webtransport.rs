@@ -268,7 +268,7 @@ async fn net_info_lists_every_transport() {
     relay.shutdown().await;
 
     let mut config = test_config();
-    config.webtransport.listen = relay::transport::webtransport::WebTransportListen::Off;
+    config.webtransport.listen = relay::config::WebTransportListen::Off;
     let relay = start(config).await;
     assert!(relay.webtransport_addr.is_none());
     let info = net_info(&relay, "t").await;

@@ -68,39 +68,19 @@ pub enum Forward {
     Drop(DropReason),
 }
 
-/// Why the switch refused a frame. Each is counted by the driver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DropReason {
-    /// Shorter than an Ethernet header (14 bytes).
-    TooShort,
-    /// The source address is a group (multicast/broadcast) address, which no NIC sends from.
-    InvalidSource,
-    /// The ingress port already owns its maximum number of source addresses.
-    MacLimit,
-    /// The destination was learned on the ingress port itself: the frame has nowhere to go.
-    SamePort,
-    /// The ingress port is not attached to this switch.
-    UnknownPort,
-}
-
-impl DropReason {
-    pub const ALL: [DropReason; 5] = [
-        DropReason::TooShort,
-        DropReason::InvalidSource,
-        DropReason::MacLimit,
-        DropReason::SamePort,
-        DropReason::UnknownPort,
-    ];
-
-    /// A stable snake_case name, for metric labels and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::TooShort => "too_short",
-            DropReason::InvalidSource => "invalid_source",
-            DropReason::MacLimit => "mac_limit",
-            DropReason::SamePort => "same_port",
-            DropReason::UnknownPort => "unknown_port",
-        }
+labels::label_enum! {
+    /// Why the switch refused a frame. Each is counted by the driver.
+    pub enum DropReason {
+        /// Shorter than an Ethernet header (14 bytes).
+        TooShort => "too_short",
+        /// The source address is a group (multicast/broadcast) address, which no NIC sends from.
+        InvalidSource => "invalid_source",
+        /// The ingress port already owns its maximum number of source addresses.
+        MacLimit => "mac_limit",
+        /// The destination was learned on the ingress port itself: the frame has nowhere to go.
+        SamePort => "same_port",
+        /// The ingress port is not attached to this switch.
+        UnknownPort => "unknown_port",
     }
 }
 

@@ -1,4 +1,4 @@
-//! Ethernet frames over WebTransport datagrams, sans-IO (design.md, "Wire formats").
+//! Ethernet frames over WebTransport datagrams, sans-IO (docs/architecture.md, "Wire formats").
 //!
 //! A datagram's first byte says what follows:
 //! - `0x00`, then a whole frame that fits in one datagram;
@@ -89,47 +89,22 @@ impl Fragmenter {
     }
 }
 
-/// Why an incoming datagram or a pending frame was dropped; a bounded metric label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DropReason {
-    /// First byte neither `0x00` nor `0x01` (or an empty datagram).
-    UnknownType,
-    /// A fragment header that cannot be right: too short, count outside 2..=64, index not
-    /// below count, empty payload, or lengths/count that disagree with earlier fragments.
-    Malformed,
-    /// The same fragment twice.
-    Duplicate,
-    /// The reassembled frame would exceed the frame size limit.
-    TooLarge,
-    /// An incomplete frame outlived [`REASSEMBLY_TIMEOUT`].
-    Timeout,
-    /// An incomplete frame was evicted because too many frames or bytes were pending.
-    Overflow,
-}
-
-impl DropReason {
-    pub const ALL: [DropReason; 6] = [
-        DropReason::UnknownType,
-        DropReason::Malformed,
-        DropReason::Duplicate,
-        DropReason::TooLarge,
-        DropReason::Timeout,
-        DropReason::Overflow,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::UnknownType => "unknown_type",
-            DropReason::Malformed => "malformed",
-            DropReason::Duplicate => "duplicate",
-            DropReason::TooLarge => "too_large",
-            DropReason::Timeout => "timeout",
-            DropReason::Overflow => "overflow",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
+labels::label_enum! {
+    /// Why an incoming datagram or a pending frame was dropped; a bounded metric label.
+    pub enum DropReason {
+        /// First byte neither `0x00` nor `0x01` (or an empty datagram).
+        UnknownType => "unknown_type",
+        /// A fragment header that cannot be right: too short, count outside 2..=64, index not
+        /// below count, empty payload, or lengths/count that disagree with earlier fragments.
+        Malformed => "malformed",
+        /// The same fragment twice.
+        Duplicate => "duplicate",
+        /// The reassembled frame would exceed the frame size limit.
+        TooLarge => "too_large",
+        /// An incomplete frame outlived [`REASSEMBLY_TIMEOUT`].
+        Timeout => "timeout",
+        /// An incomplete frame was evicted because too many frames or bytes were pending.
+        Overflow => "overflow",
     }
 }
 

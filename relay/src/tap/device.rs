@@ -22,7 +22,7 @@ struct IfReq {
 /// Opens (creating if needed) TAP device `name`. With `netns`, the device is opened inside
 /// that namespace (a name under /run/netns) from a short-lived thread, so this process
 /// keeps its own namespace for its sockets.
-pub fn open(name: &str, netns: Option<&str>) -> io::Result<File> {
+pub(super) fn open(name: &str, netns: Option<&str>) -> io::Result<File> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('/') {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -90,7 +90,7 @@ fn open_here(name: &str) -> io::Result<File> {
 }
 
 /// Registers the device with the tokio reactor.
-pub fn into_async(file: File) -> io::Result<tokio::io::unix::AsyncFd<File>> {
+pub(super) fn into_async(file: File) -> io::Result<tokio::io::unix::AsyncFd<File>> {
     // SAFETY: `file` is moved in, so the AsyncFd owns the only handle to the descriptor and
     // it stays open until the AsyncFd (and its registration) is dropped.
     #[allow(unsafe_code)]

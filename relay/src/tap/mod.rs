@@ -13,7 +13,7 @@ use tokio::io::unix::AsyncFd;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::cli::TapArgs;
-use crate::config::MAX_FRAME_SIZE_LIMIT;
+use crate::shared::MAX_FRAME_SIZE_LIMIT;
 
 /// Frames read from the TAP device before one flush to the WebSocket.
 const READ_BATCH: usize = 64;

@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::lan::{DropReason, LanName, Port, PortReceiver, Transport};
-use crate::server::AppState;
+use super::TransportContext;
+use crate::lan::{Port, PortCounters, PortReceiver};
+use crate::shared::{DropReason, LanName, Transport};
 
 /// Close code "going away" (RFC 6455): the relay is shutting down.
 const CLOSE_GOING_AWAY: u16 = 1001;
@@ -23,7 +23,7 @@ const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 const WRITE_BATCH: usize = 64;
 
 /// Upgrades an HTTP request to a WebSocket client of LAN `lan`.
-pub fn upgrade(app: Arc<AppState>, lan: LanName, ws: WebSocketUpgrade) -> Response {
+pub(crate) fn upgrade(app: Arc<TransportContext>, lan: LanName, ws: WebSocketUpgrade) -> Response {
     let config = &app.config;
     let max_frame = config.limits.max_frame_size;
     let tracker = app.tasks.clone();
@@ -37,11 +37,7 @@ pub fn upgrade(app: Arc<AppState>, lan: LanName, ws: WebSocketUpgrade) -> Respon
         .into_response()
 }
 
-pub fn bad_request(reason: impl ToString) -> Response {
-    (StatusCode::BAD_REQUEST, format!("{}\n", reason.to_string())).into_response()
-}
-
-async fn serve(app: Arc<AppState>, lan: LanName, mut socket: WebSocket) {
+async fn serve(app: Arc<TransportContext>, lan: LanName, mut socket: WebSocket) {
     let (port, queue) = match app.lans.join(&lan, Transport::WebSocket) {
         Ok(joined) => joined,
         Err(refused) => {
@@ -76,7 +72,7 @@ async fn serve(app: Arc<AppState>, lan: LanName, mut socket: WebSocket) {
 async fn read_loop(
     mut stream: futures_util::stream::SplitStream<WebSocket>,
     port: &Port,
-    app: &AppState,
+    app: &TransportContext,
     stop: &CancellationToken,
     base: Instant,
     last_heard: &AtomicU64,
@@ -110,9 +106,9 @@ async fn read_loop(
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut queue: PortReceiver,
-    app: Arc<AppState>,
+    app: Arc<TransportContext>,
     stop: CancellationToken,
-    counters: Arc<crate::lan::PortCounters>,
+    counters: Arc<PortCounters>,
 ) {
     let interval = app.config.ping_interval();
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -123,12 +119,10 @@ async fn write_loop(
             frame = queue.recv() => {
                 let Some(frame) = frame else { break };
                 let write = async {
-                    counters.count_out(frame.len());
-                    sink.feed(Message::Binary(counters.to_client(frame))).await?;
+                    sink.feed(Message::Binary(counters.outgoing(frame))).await?;
                     for _ in 1..WRITE_BATCH {
                         let Ok(frame) = queue.try_recv() else { break };
-                        counters.count_out(frame.len());
-                        sink.feed(Message::Binary(counters.to_client(frame))).await?;
+                        sink.feed(Message::Binary(counters.outgoing(frame))).await?;
                     }
                     sink.flush().await
                 };

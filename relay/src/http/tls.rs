@@ -3,13 +3,12 @@
 //! (rustls), so a page on HTTPS reaches the relay without a separate proxy.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -21,34 +20,8 @@ use tokio_util::sync::CancellationToken;
 const MAX_HANDSHAKES: usize = 256;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The `[tls]` section: both files, or neither.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM certificate chain, leaf first.
-    pub cert: Option<PathBuf>,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: Option<PathBuf>,
-}
-
-impl TlsConfig {
-    pub fn enabled(&self) -> bool {
-        self.cert.is_some()
-    }
-
-    /// The two paths, or a message saying which one is missing.
-    pub fn paths(&self) -> Result<Option<(&Path, &Path)>, String> {
-        match (&self.cert, &self.key) {
-            (None, None) => Ok(None),
-            (Some(cert), Some(key)) => Ok(Some((cert, key))),
-            (Some(_), None) => Err("--tls-cert is set but --tls-key is not: give both".into()),
-            (None, Some(_)) => Err("--tls-key is set but --tls-cert is not: give both".into()),
-        }
-    }
-}
-
 /// Reads the certificate and key; errors name the file and what is wrong with it.
-pub fn load(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+pub(crate) fn load(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| format!("cannot read --tls-cert {}: {e}", cert.display()))?
         .collect::<Result<_, _>>()
@@ -86,13 +59,17 @@ pub fn load(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
 /// A TCP listener whose connections are TLS; handshakes run in their own tasks so a slow
 /// client never holds up the others.
 #[derive(Debug)]
-pub struct TlsListener {
+pub(crate) struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
     local: SocketAddr,
 }
 
 impl TlsListener {
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor, stop: CancellationToken) -> Self {
+    pub(crate) fn new(
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        stop: CancellationToken,
+    ) -> Self {
         let local = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));

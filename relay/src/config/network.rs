@@ -11,20 +11,20 @@ use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
 /// One LAN's addresses and services. The defaults are QEMU's user network.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct NetworkConfig {
+pub(crate) struct NetworkConfig {
     /// Run the gateway (ARP, ping, DHCP, DNS) on this LAN. Off: a bare switch.
-    pub gateway_enabled: bool,
-    pub subnet: String,
-    pub gateway: Ipv4Addr,
-    pub gateway_mac: String,
-    pub dns: Ipv4Addr,
-    pub pool_start: Ipv4Addr,
-    pub pool_end: Ipv4Addr,
-    pub mtu: u16,
-    pub lease_time_secs: u64,
+    pub(crate) gateway_enabled: bool,
+    pub(crate) subnet: String,
+    pub(crate) gateway: Ipv4Addr,
+    pub(crate) gateway_mac: String,
+    pub(crate) dns: Ipv4Addr,
+    pub(crate) pool_start: Ipv4Addr,
+    pub(crate) pool_end: Ipv4Addr,
+    pub(crate) mtu: u16,
+    pub(crate) lease_time_secs: u64,
     /// LAN NAME gets the DNS domain `NAME.<domain_suffix>`.
-    pub domain_suffix: String,
-    pub static_leases: Vec<dhcp::StaticLease>,
+    pub(crate) domain_suffix: String,
+    pub(crate) static_leases: Vec<dhcp::StaticLease>,
 }
 
 impl Default for NetworkConfig {
@@ -47,22 +47,22 @@ impl Default for NetworkConfig {
 
 /// The cores' configs for one LAN, checked.
 #[derive(Clone, Debug)]
-pub struct LanServices {
-    pub gateway: gateway::GatewayConfig,
-    pub dhcp: dhcp::DhcpConfig,
-    pub dns: dns::DnsConfig,
+pub(crate) struct LanServices {
+    pub(crate) gateway: gateway::GatewayConfig,
+    pub(crate) dhcp: dhcp::DhcpConfig,
+    pub(crate) dns: dns::DnsConfig,
 }
 
 /// The `[network]` and `[lans.*]` tables as written, merged and checked per LAN on demand.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct NetworkTables {
-    pub defaults: toml::Table,
-    pub lans: BTreeMap<String, toml::Table>,
+pub(crate) struct NetworkTables {
+    pub(crate) defaults: toml::Table,
+    pub(crate) lans: BTreeMap<String, toml::Table>,
 }
 
 impl NetworkTables {
     /// The settings of LAN `lan`: its `[lans.NAME]` keys over `[network]` over built-ins.
-    pub fn for_lan(&self, lan: &str) -> Result<NetworkConfig, String> {
+    pub(crate) fn for_lan(&self, lan: &str) -> Result<NetworkConfig, String> {
         let mut merged = self.defaults.clone();
         let section = match self.lans.get(lan) {
             Some(overrides) => {
@@ -79,7 +79,7 @@ impl NetworkTables {
 }
 
 impl NetworkConfig {
-    pub fn services(&self, lan: &str) -> Result<LanServices, String> {
+    pub(crate) fn services(&self, lan: &str) -> Result<LanServices, String> {
         let network: Ipv4Cidr = parse_cidr(&self.subnet).ok_or_else(|| {
             format!(
                 "subnet = {:?} is not an IPv4 CIDR; write it as 10.0.2.0/24",

@@ -15,14 +15,14 @@ struct StateFile {
 }
 
 #[derive(Debug, Default)]
-pub struct LeaseStore {
+pub(crate) struct LeaseStore {
     path: Option<PathBuf>,
     lans: Mutex<BTreeMap<String, dhcp::LeaseSnapshot>>,
     changed: tokio::sync::Notify,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum LeaseFileError {
+pub(crate) enum LeaseFileError {
     #[error("cannot read DHCP state file {0}: {1}. Check --dhcp-state-file and its permissions.")]
     Read(PathBuf, std::io::Error),
     #[error("DHCP state file {0} is damaged ({1}). Move it away to start with no leases.")]
@@ -31,7 +31,7 @@ pub enum LeaseFileError {
 
 impl LeaseStore {
     /// Loads `path` if given; a missing file is an empty store.
-    pub fn open(path: Option<&Path>) -> Result<LeaseStore, LeaseFileError> {
+    pub(crate) fn open(path: Option<&Path>) -> Result<LeaseStore, LeaseFileError> {
         let mut store = LeaseStore {
             path: path.map(Path::to_owned),
             ..LeaseStore::default()
@@ -55,11 +55,11 @@ impl LeaseStore {
         Ok(store)
     }
 
-    pub fn get(&self, lan: &str) -> Option<dhcp::LeaseSnapshot> {
+    pub(crate) fn get(&self, lan: &str) -> Option<dhcp::LeaseSnapshot> {
         self.lans.lock().ok()?.get(lan).cloned()
     }
 
-    pub fn put(&self, lan: &str, snapshot: dhcp::LeaseSnapshot) {
+    pub(crate) fn put(&self, lan: &str, snapshot: dhcp::LeaseSnapshot) {
         if let Ok(mut lans) = self.lans.lock() {
             if snapshot.leases.is_empty() && snapshot.last_addresses.is_empty() {
                 lans.remove(lan);
@@ -71,7 +71,7 @@ impl LeaseStore {
     }
 
     /// Writes the file now (no-op without a path).
-    pub fn save(&self) -> std::io::Result<()> {
+    pub(crate) fn save(&self) -> std::io::Result<()> {
         let Some(path) = &self.path else {
             return Ok(());
         };
@@ -85,7 +85,7 @@ impl LeaseStore {
     }
 
     /// Writes the file after changes, at most once a second, until `stop`; then once more.
-    pub async fn run_writer(&self, stop: tokio_util::sync::CancellationToken) {
+    pub(crate) async fn run_writer(&self, stop: tokio_util::sync::CancellationToken) {
         if self.path.is_none() {
             return;
         }

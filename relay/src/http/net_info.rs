@@ -1,5 +1,5 @@
 //! `GET /net/info?lan=NAME`: every transport's URL for one LAN, so a page needs only the
-//! relay's address (design.md, "Wire formats"). Host names come from the request's `Host`,
+//! relay's address (docs/architecture.md, "Wire formats"). Host names come from the request's `Host`,
 //! so the answer matches whatever name the page used to reach the relay.
 
 use std::collections::HashMap;
@@ -10,28 +10,29 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::lan::LanName;
-use crate::server::AppState;
+use super::AppState;
+use crate::shared::LanName;
+use crate::transport::webrtc::WebRtc;
 
 #[derive(Debug, Serialize, PartialEq)]
-pub struct NetInfo {
-    pub lan: String,
-    pub websocket: String,
+pub(crate) struct NetInfo {
+    pub(crate) lan: String,
+    pub(crate) websocket: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub webtransport: Option<WebTransportEntry>,
+    pub(crate) webtransport: Option<WebTransportEntry>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub webrtc: Option<WebRtcEntry>,
+    pub(crate) webrtc: Option<WebRtcEntry>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
-pub struct WebTransportEntry {
-    pub url: String,
-    pub certificate_hashes: Vec<String>,
+pub(crate) struct WebTransportEntry {
+    pub(crate) url: String,
+    pub(crate) certificate_hashes: Vec<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
-pub struct WebRtcEntry {
-    pub offer_url: String,
+pub(crate) struct WebRtcEntry {
+    pub(crate) offer_url: String,
 }
 
 /// The host part of a `Host` header value (`name`, `1.2.3.4`, `[::1]`), port removed.
@@ -43,8 +44,8 @@ fn host_only(authority: &str) -> Option<String> {
 }
 
 /// Builds the answer for `lan`, reached as `host` (no port).
-pub fn build(app: &AppState, lan: &LanName, host: &str, http_port: u16) -> NetInfo {
-    let tls = app.config.tls.enabled();
+pub(crate) fn build(app: &AppState, lan: &LanName, host: &str, http_port: u16) -> NetInfo {
+    let tls = app.ctx.config.tls.enabled();
     let (ws, http) = if tls {
         ("wss", "https")
     } else {
@@ -55,12 +56,9 @@ pub fn build(app: &AppState, lan: &LanName, host: &str, http_port: u16) -> NetIn
         url: format!("https://{host}:{}{path}", info.addr.port()),
         certificate_hashes: app.webtransport.certificate_hashes(),
     });
-    let webrtc = app
-        .webrtc_available
-        .load(std::sync::atomic::Ordering::Relaxed)
-        .then(|| WebRtcEntry {
-            offer_url: format!("{http}://{host}:{http_port}/net/rtc/offer?lan={lan}"),
-        });
+    let webrtc = app.webrtc.as_ref().map(|_| WebRtcEntry {
+        offer_url: WebRtc::offer_url(&format!("{http}://{host}:{http_port}"), lan),
+    });
     NetInfo {
         lan: lan.to_string(),
         websocket: format!("{ws}://{host}:{http_port}{path}"),
@@ -69,7 +67,7 @@ pub fn build(app: &AppState, lan: &LanName, host: &str, http_port: u16) -> NetIn
     }
 }
 
-pub async fn handler(
+pub(crate) async fn handler(
     State(app): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -83,11 +81,7 @@ pub async fn handler(
             }
         },
     };
-    let listen = app
-        .listen_addr
-        .get()
-        .copied()
-        .unwrap_or(app.config.server.listen);
+    let listen = app.listen_addr;
     let host_header = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())

@@ -23,21 +23,22 @@ use axum::routing::{delete, get};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use crate::forward::{Forwards, GatewayCommand, GatewayDirectory};
-use crate::lan::LanRegistry;
-use crate::nat::Forward;
+use crate::config::PortForwardRule;
+use crate::forward::PortForwards;
+use crate::gateway_port::commands::{GatewayCommand, GatewayDirectory};
+use crate::lan::{Lan, LanRegistry};
 
 #[derive(Debug)]
-pub struct AdminState {
-    pub lans: Arc<LanRegistry>,
-    pub directory: Arc<GatewayDirectory>,
-    pub forwards: Arc<Forwards>,
-    pub token: Option<String>,
+pub(crate) struct AdminState {
+    pub(crate) lans: Arc<LanRegistry>,
+    pub(crate) directory: Arc<GatewayDirectory>,
+    pub(crate) forwards: Arc<PortForwards>,
+    pub(crate) token: Option<String>,
     /// The metrics listener's address: without a token, only loopback may use the API.
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
 }
 
-pub fn router(state: Arc<AdminState>) -> Router {
+pub(crate) fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/admin/lans", get(list_lans))
         .route("/admin/forwards", get(list_forwards).post(add_forward))
@@ -79,40 +80,43 @@ async fn authorize(State(state): State<Arc<AdminState>>, request: Request, next:
 async fn list_lans(State(state): State<Arc<AdminState>>) -> Response {
     let mut lans = Vec::new();
     for lan in state.lans.lan_list() {
-        let ports: Vec<serde_json::Value> = lan
-            .port_list()
-            .into_iter()
-            .map(|(id, transport, traffic)| {
-                json!({
-                    "id": id.0,
-                    "transport": transport.as_str(),
-                    "frames_in": traffic.frames_in,
-                    "bytes_in": traffic.bytes_in,
-                    "frames_out": traffic.frames_out,
-                    "bytes_out": traffic.bytes_out,
-                })
-            })
-            .collect();
-        let mut entry = json!({
-            "name": lan.name().as_str(),
-            "clients": lan.client_count(),
-            "ports": ports,
-        });
-        if let Some(gateway) = state.directory.get(lan.name()) {
-            let (reply, answer) = oneshot::channel();
-            if gateway.send(GatewayCommand::Describe(reply)).await.is_ok()
-                && let Ok(Ok(described)) =
-                    tokio::time::timeout(Duration::from_secs(2), answer).await
-                && let (Some(entry), Some(described)) =
-                    (entry.as_object_mut(), described.as_object())
-            {
-                entry.extend(described.clone());
-            }
-        }
-        lans.push(entry);
+        lans.push(describe_lan(&state, &lan).await);
     }
     lans.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     Json(json!({ "lans": lans })).into_response()
+}
+
+/// One LAN: its ports with their traffic, and what its gateway task says of it.
+async fn describe_lan(state: &AdminState, lan: &Lan) -> serde_json::Value {
+    let ports: Vec<serde_json::Value> = lan
+        .port_list()
+        .into_iter()
+        .map(|(id, transport, traffic)| {
+            json!({
+                "id": id.0,
+                "transport": transport.as_str(),
+                "frames_in": traffic.frames_in,
+                "bytes_in": traffic.bytes_in,
+                "frames_out": traffic.frames_out,
+                "bytes_out": traffic.bytes_out,
+            })
+        })
+        .collect();
+    let mut entry = json!({
+        "name": lan.name().as_str(),
+        "clients": lan.client_count(),
+        "ports": ports,
+    });
+    if let Some(gateway) = state.directory.get(lan.name()) {
+        let (reply, answer) = oneshot::channel();
+        if gateway.send(GatewayCommand::Describe(reply)).await.is_ok()
+            && let Ok(Ok(described)) = tokio::time::timeout(Duration::from_secs(2), answer).await
+            && let (Some(entry), Some(described)) = (entry.as_object_mut(), described.as_object())
+        {
+            entry.extend(described.clone());
+        }
+    }
+    entry
 }
 
 async fn list_forwards(State(state): State<Arc<AdminState>>) -> Response {
@@ -134,7 +138,7 @@ async fn add_forward(
             r#"send JSON {"forward": "tcp:0.0.0.0:8080=default/10.0.2.15:80"} with Content-Type: application/json"#,
         );
     };
-    let forward: Forward = match body.forward.parse() {
+    let forward: PortForwardRule = match body.forward.parse() {
         Ok(forward) => forward,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };

@@ -19,23 +19,24 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use tower_http::services::{ServeDir, ServeFile};
 
-use crate::lan::{LanName, LanView, Transport};
-use crate::server::AppState;
+use super::AppState;
+use crate::lan::LanView;
+use crate::shared::{LanName, Transport};
 
 /// The guest image files the page boots (built by vendor/v86/build-guest.sh).
-pub const GUEST_FILES: [&str; 4] = ["bzImage", "initrd", "bios.bin", "vgabios.bin"];
+pub(crate) const GUEST_FILES: [&str; 4] = ["bzImage", "initrd", "bios.bin", "vgabios.bin"];
 
 /// Where the demo's files are, decided once at start-up.
 #[derive(Clone, Debug, Default)]
-pub struct DemoFiles {
+pub(crate) struct DemoFiles {
     /// A directory holding web-demo/index.html; None when there is none (the page then
     /// says so).
-    pub root: Option<PathBuf>,
+    pub(crate) root: Option<PathBuf>,
 }
 
 impl DemoFiles {
     /// `configured` must hold the demo; without it the usual places are searched.
-    pub fn locate(configured: Option<&Path>) -> Result<DemoFiles, String> {
+    pub(crate) fn locate(configured: Option<&Path>) -> Result<DemoFiles, String> {
         if let Some(dir) = configured {
             if !dir.join("web-demo/index.html").is_file() {
                 return Err(format!(
@@ -64,7 +65,7 @@ impl DemoFiles {
     }
 
     /// What is missing before the page can boot a VM; empty when ready.
-    pub fn missing(&self) -> Vec<&'static str> {
+    pub(crate) fn missing(&self) -> Vec<&'static str> {
         let Some(root) = &self.root else {
             return vec!["web-demo/"];
         };
@@ -87,7 +88,7 @@ impl DemoFiles {
 }
 
 /// Routes of the demo; merged into the client router.
-pub fn router(app: &AppState) -> Router<Arc<AppState>> {
+pub(crate) fn router(app: &AppState) -> Router<Arc<AppState>> {
     let mut router = Router::new().route("/net/lan", get(lan_machines));
     if let Some(root) = &app.demo.root {
         router = router
@@ -112,7 +113,7 @@ pub fn router(app: &AppState) -> Router<Arc<AppState>> {
 }
 
 /// `GET /` without a WebSocket upgrade: the demo page, or how to get it.
-pub async fn landing(app: &AppState) -> Response {
+pub(crate) async fn landing(app: &AppState) -> Response {
     let gaps = app.demo.missing();
     if let (Some(root), true) = (&app.demo.root, gaps.is_empty()) {
         match tokio::fs::read_to_string(root.join("web-demo/index.html")).await {
@@ -153,21 +154,21 @@ struct LanQuery {
 
 /// One row of the LAN panel: a client port, with its DHCP lease when it has one.
 #[derive(Debug, Serialize, PartialEq)]
-pub struct Machine {
-    pub host: Option<String>,
-    pub ip: Option<String>,
-    pub mac: Option<String>,
-    pub transport: &'static str,
-    pub frames_in: u64,
-    pub bytes_in: u64,
-    pub frames_out: u64,
-    pub bytes_out: u64,
+pub(crate) struct Machine {
+    pub(crate) host: Option<String>,
+    pub(crate) ip: Option<String>,
+    pub(crate) mac: Option<String>,
+    pub(crate) transport: &'static str,
+    pub(crate) frames_in: u64,
+    pub(crate) bytes_in: u64,
+    pub(crate) frames_out: u64,
+    pub(crate) bytes_out: u64,
 }
 
 #[derive(Debug, Serialize)]
-pub struct LanMachines {
-    pub lan: String,
-    pub machines: Vec<Machine>,
+pub(crate) struct LanMachines {
+    pub(crate) lan: String,
+    pub(crate) machines: Vec<Machine>,
 }
 
 /// `GET /net/lan?lan=NAME`: the LAN's machines, from the switch and the gateway's leases.
@@ -191,6 +192,7 @@ async fn lan_machines(State(app): State<Arc<AppState>>, Query(q): Query<LanQuery
         .collect();
     let macs: Vec<_> = leases.iter().map(|l| l.mac).collect();
     let machines = app
+        .ctx
         .lans
         .lan_view(&lan, &macs)
         .map(|view| machines(&view, &leases))
@@ -223,10 +225,10 @@ fn machines(view: &LanView, leases: &[dhcp::LeaseRecord]) -> Vec<Machine> {
                 ip: lease.map(|l| l.ip.to_string()),
                 mac: lease.map(|l| mac_string(&l.mac.0)),
                 transport: p.transport.as_str(),
-                frames_in: p.frames_in,
-                bytes_in: p.bytes_in,
-                frames_out: p.frames_out,
-                bytes_out: p.bytes_out,
+                frames_in: p.traffic.frames_in,
+                bytes_in: p.traffic.bytes_in,
+                frames_out: p.traffic.frames_out,
+                bytes_out: p.traffic.bytes_out,
             }
         })
         .collect()
@@ -253,10 +255,12 @@ mod tests {
         crate::lan::PortView {
             id,
             transport,
-            frames_in: id * 10,
-            bytes_in: id * 1000,
-            frames_out: id,
-            bytes_out: id * 100,
+            traffic: crate::lan::TrafficSnapshot {
+                frames_in: id * 10,
+                bytes_in: id * 1000,
+                frames_out: id,
+                bytes_out: id * 100,
+            },
         }
     }
 

@@ -10,7 +10,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 
 #[derive(Clone)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     resolver: TokioResolver,
 }
 
@@ -21,7 +21,7 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    pub fn new(servers: &[SocketAddr]) -> anyhow::Result<Upstream> {
+    pub(crate) fn new(servers: &[SocketAddr]) -> anyhow::Result<Upstream> {
         let mut builder = if servers.is_empty() {
             TokioResolver::builder_tokio().map_err(|e| {
                 anyhow::anyhow!("cannot read the system DNS configuration ({e}); give servers with --dns-upstream IP:PORT")
@@ -54,7 +54,7 @@ impl Upstream {
         })
     }
 
-    pub async fn resolve(&self, query: &UpstreamQuery) -> UpstreamResult {
+    pub(crate) async fn resolve(&self, query: &UpstreamQuery) -> UpstreamResult {
         match self
             .resolver
             .lookup(query.name.clone(), query.record_type)

@@ -1,0 +1,341 @@
+//! Layer 7: the application (docs/architecture.md, "Layers"). [`Relay::start`] builds every
+//! layer in order, binds the listeners and returns at once, so tests and the binary share
+//! one code path; [`Relay::shutdown`] closes clients with 1001 and waits for them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::forward::{ForwardError, PortForwards};
+use crate::gateway_port::GatewayHooks;
+use crate::gateway_port::commands::GatewayDirectory;
+use crate::gateway_port::leases::{LeaseFileError, LeaseStore};
+use crate::gateway_port::stats::{GatewayStatsRegistry, GatewayTotals};
+use crate::gateway_port::upstream::Upstream;
+use crate::http::{AppState, admin, demo, metrics, tls};
+use crate::lan::LanRegistry;
+use crate::nat::{NatShared, PingMode};
+use crate::transport::TransportContext;
+use crate::transport::webrtc::{self, WebRtcStartError};
+use crate::transport::webtransport::{self, WebTransportShared, WebTransportStartError};
+
+/// A running relay.
+#[derive(Debug)]
+pub struct Relay {
+    pub listen_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    /// The WebTransport (UDP) listener, unless switched off.
+    pub webtransport_addr: Option<SocketAddr>,
+    /// The WebRTC peer's UDP socket, unless switched off.
+    pub webrtc_addr: Option<SocketAddr>,
+    app: Arc<AppState>,
+    /// Inbound port forwards; they stop with the relay.
+    _forwards: Arc<PortForwards>,
+    servers: TaskTracker,
+}
+
+/// Why the relay could not start; each says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Leases(String),
+    #[error("{0}")]
+    Dns(String),
+    #[error("config [nat]: {0}")]
+    Nat(String),
+    #[error("{0}")]
+    Forward(String),
+    #[error("{0}")]
+    WebRoot(String),
+    #[error("{0}")]
+    Tls(String),
+    #[error("{0}")]
+    WebTransport(String),
+    #[error("{0}")]
+    WebRtc(String),
+    #[error(
+        "cannot listen on {addr} ({key}): {source}. Pick a free address with --{flag} or stop the program using it."
+    )]
+    Bind {
+        addr: SocketAddr,
+        key: &'static str,
+        flag: &'static str,
+        source: std::io::Error,
+    },
+}
+
+// The components' own errors are crate-private; the message is what a user needs.
+macro_rules! start_error_from {
+    ($($error:ty => $variant:ident),+ $(,)?) => {$(
+        impl From<$error> for StartError {
+            fn from(error: $error) -> Self {
+                StartError::$variant(error.to_string())
+            }
+        }
+    )+};
+}
+
+start_error_from! {
+    LeaseFileError => Leases,
+    ForwardError => Forward,
+    WebTransportStartError => WebTransport,
+    WebRtcStartError => WebRtc,
+}
+
+/// NAT settings for every LAN, with this host's addresses and how pings can be sent.
+fn nat_shared(
+    config: &Config,
+    totals: &GatewayTotals,
+) -> Result<Option<Arc<NatShared>>, StartError> {
+    if !config.nat.enabled {
+        tracing::info!("NAT is off ([nat] enabled = false): VMs reach only their LAN");
+        return Ok(None);
+    }
+    let mut core = crate::config::core_config(&config.nat).map_err(StartError::Nat)?;
+    core.policy.host_addresses = crate::nat::host_addresses();
+    let ping_mode = PingMode::detect();
+    if ping_mode == PingMode::Unavailable {
+        tracing::warn!(
+            "ping to outside addresses is unavailable: allow ICMP sockets with `sysctl -w net.ipv4.ping_group_range=\"0 2147483647\"` or run with CAP_NET_RAW; TCP and UDP are not affected"
+        );
+    }
+    if core.host_loopback {
+        tracing::warn!(
+            "--host-loopback is on: VMs reach this host's 127.0.0.1 through the gateway address"
+        );
+    }
+    Ok(Some(Arc::new(NatShared {
+        config: core,
+        connect_timeout: Duration::from_secs(config.nat.connect_timeout_secs),
+        ping_mode,
+        tasks: totals.nat_tasks.clone(),
+    })))
+}
+
+/// The gateway layer's shared parts, built once.
+struct Gateways {
+    stats: Arc<GatewayStatsRegistry>,
+    totals: Arc<GatewayTotals>,
+    directory: Arc<GatewayDirectory>,
+    forwards: Arc<PortForwards>,
+}
+
+async fn start_gateways(
+    config: &Config,
+    lans: &LanRegistry,
+    leases: &Arc<LeaseStore>,
+) -> Result<Gateways, StartError> {
+    let upstream =
+        Upstream::new(&config.dns.upstream).map_err(|e| StartError::Dns(e.to_string()))?;
+    let gateways = Gateways {
+        stats: Arc::default(),
+        totals: Arc::default(),
+        directory: Arc::default(),
+        forwards: Arc::default(),
+    };
+    let nat = nat_shared(config, &gateways.totals)?;
+    lans.set_hooks(Arc::new(GatewayHooks {
+        config: Arc::new(config.clone()),
+        upstream,
+        leases: leases.clone(),
+        totals: gateways.totals.clone(),
+        gateways: gateways.stats.clone(),
+        nat,
+        directory: gateways.directory.clone(),
+    }));
+    for text in &config.nat.forwards {
+        let forward = text.parse().map_err(StartError::Nat)?;
+        gateways.forwards.add(forward, &gateways.directory).await?;
+    }
+    Ok(gateways)
+}
+
+async fn bind(
+    addr: SocketAddr,
+    key: &'static str,
+    flag: &'static str,
+) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr,
+            key,
+            flag,
+            source,
+        })
+}
+
+impl Relay {
+    /// Binds the listeners and starts serving in the background.
+    pub async fn start(config: Config) -> Result<Relay, StartError> {
+        let lans = LanRegistry::new(&config);
+        let leases = Arc::new(LeaseStore::open(config.dhcp.state_file.as_deref())?);
+        let gateways = start_gateways(&config, &lans, &leases).await?;
+        let demo = demo::DemoFiles::locate(config.server.web_root.as_deref())
+            .map_err(StartError::WebRoot)?;
+        let tls = match config.tls.paths() {
+            Ok(Some((cert, key))) => Some(tls::load(cert, key).map_err(StartError::Tls)?),
+            Ok(None) => None,
+            Err(problem) => return Err(StartError::Tls(problem)),
+        };
+        let ctx = Arc::new(TransportContext {
+            config,
+            lans: lans.clone(),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        let servers = TaskTracker::new();
+        let listener = bind(ctx.config.server.listen, "server.listen", "listen").await?;
+        let listen_addr = listener.local_addr().unwrap_or(ctx.config.server.listen);
+        let webtransport_shared = Arc::new(WebTransportShared::default());
+        let webtransport_addr =
+            webtransport::start(&ctx, &webtransport_shared, listen_addr, &servers).await?;
+        let webrtc = webrtc::start(&ctx).await?;
+        let app = Arc::new(AppState {
+            ctx: ctx.clone(),
+            leases: leases.clone(),
+            demo,
+            webtransport: webtransport_shared.clone(),
+            webrtc: webrtc.clone(),
+            listen_addr,
+        });
+        serve_clients(&servers, listener, tls, app.clone());
+        let metrics_addr = match ctx.config.server.metrics_listen {
+            Some(addr) => {
+                let sources = metrics::Sources {
+                    lans: lans.clone(),
+                    gateways: gateways.stats.clone(),
+                    gateway_totals: gateways.totals.clone(),
+                    forwards: gateways.forwards.clone(),
+                    webtransport: webtransport_shared.stats.clone(),
+                    webrtc: webrtc.clone(),
+                };
+                Some(serve_metrics(&servers, &ctx, addr, sources, &gateways).await?)
+            }
+            None => None,
+        };
+        spawn_housekeeping(&servers, &ctx, &leases);
+        servers.close();
+        Ok(Relay {
+            listen_addr,
+            metrics_addr,
+            webtransport_addr,
+            webrtc_addr: webrtc.map(|rtc| rtc.local_addr),
+            app,
+            _forwards: gateways.forwards,
+            servers,
+        })
+    }
+
+    /// Stops accepting, closes every client with 1001 and waits for them, at most the
+    /// configured grace period. Returns false when clients were still open at the deadline.
+    pub async fn shutdown(self) -> bool {
+        let ctx = &self.app.ctx;
+        ctx.shutdown.cancel();
+        ctx.tasks.close();
+        let grace = ctx.config.shutdown_grace();
+        let done = async {
+            ctx.tasks.wait().await;
+            self.servers.wait().await;
+        };
+        let closed = tokio::time::timeout(grace, done).await.is_ok();
+        if let Err(e) = self.app.leases.save() {
+            tracing::error!("cannot write the DHCP state file: {e}");
+        }
+        closed
+    }
+}
+
+/// Serves the client router on `--listen`, over TLS when configured.
+fn serve_clients(
+    servers: &TaskTracker,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: Arc<AppState>,
+) {
+    let shutdown = app.ctx.shutdown.clone();
+    let router = crate::http::client_router(app);
+    servers.spawn(async move {
+        let stop = shutdown.clone();
+        let serve = match tls {
+            Some(acceptor) => {
+                let listener = tls::TlsListener::new(listener, acceptor, stop.clone());
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            }
+            None => {
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                    .await
+            }
+        };
+        if let Err(error) = serve {
+            tracing::error!("client listener failed: {error}");
+        }
+    });
+}
+
+/// Serves `/metrics` and the admin API on `--metrics-listen`; returns the bound address.
+async fn serve_metrics(
+    servers: &TaskTracker,
+    ctx: &TransportContext,
+    addr: SocketAddr,
+    sources: metrics::Sources,
+    gateways: &Gateways,
+) -> Result<SocketAddr, StartError> {
+    let listener = bind(addr, "server.metrics_listen", "metrics-listen").await?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    let admin_token = ctx.config.server.admin_token.clone();
+    if !addr.ip().is_loopback() && admin_token.is_none() {
+        tracing::warn!(
+            "the admin API on {addr} is refused until --admin-token is set (the listener is not loopback)"
+        );
+    }
+    let admin = admin::router(Arc::new(admin::AdminState {
+        lans: sources.lans.clone(),
+        directory: gateways.directory.clone(),
+        forwards: gateways.forwards.clone(),
+        token: admin_token,
+        listen: addr,
+    }));
+    let router = metrics::router(Arc::new(metrics::registry(sources))).merge(admin);
+    let shutdown = ctx.shutdown.clone();
+    servers.spawn(async move {
+        let serve = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await });
+        if let Err(error) = serve.await {
+            tracing::error!("metrics listener failed: {error}");
+        }
+    });
+    Ok(bound)
+}
+
+/// MAC aging (on wall time, even when no frame arrives) and the lease file's writer.
+fn spawn_housekeeping(
+    servers: &TaskTracker,
+    ctx: &Arc<TransportContext>,
+    leases: &Arc<LeaseStore>,
+) {
+    let sweeper = ctx.clone();
+    servers.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = sweeper.shutdown.cancelled() => break,
+                _ = tick.tick() => sweeper.lans.handle_timeouts(Instant::now()),
+            }
+        }
+    });
+    let leases = leases.clone();
+    let stop = ctx.shutdown.clone();
+    servers.spawn(async move { leases.run_writer(stop).await });
+}

@@ -1,0 +1,113 @@
+//! The plain sections of the config file: `[server]`, `[limits]`, `[switch]`,
+//! `[websocket]`, `[dns]`, `[dhcp]`, with their defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::shared::MAX_FRAME_SIZE_LIMIT;
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsSection {
+    /// Upstream DNS servers (`IP:PORT`); empty means the system's resolv.conf.
+    pub upstream: Vec<SocketAddr>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DhcpSection {
+    /// Keeps leases across relay restarts, so a live VM's address is never handed out again.
+    pub state_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics`; on its own listener so a public relay does not publish it.
+    pub metrics_listen: Option<SocketAddr>,
+    pub shutdown_grace_secs: u64,
+    /// Bearer token for the admin API on the metrics listener; required when that
+    /// listener is not on loopback.
+    pub admin_token: Option<String>,
+    /// Checkout holding web-demo/ and vendor/v86/ for the bundled demo; found by itself
+    /// when unset (see relay/src/demo.rs).
+    pub web_root: Option<PathBuf>,
+    /// Page origins allowed to open sessions; empty allows any.
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_frame_size: usize,
+    pub port_queue_frames: usize,
+    pub max_connections: usize,
+    pub max_ports_per_lan: usize,
+    pub max_lans: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SwitchSection {
+    pub mac_aging_secs: u64,
+    pub max_macs_per_port: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    pub ping_interval_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub read_buffer_bytes: usize,
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8086)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9186))),
+            shutdown_grace_secs: 5,
+            admin_token: None,
+            web_root: None,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_size: MAX_FRAME_SIZE_LIMIT,
+            port_queue_frames: 256,
+            max_connections: 20_000,
+            max_ports_per_lan: 1024,
+            max_lans: 10_000,
+        }
+    }
+}
+
+impl Default for SwitchSection {
+    fn default() -> Self {
+        Self {
+            mac_aging_secs: 300,
+            max_macs_per_port: 64,
+        }
+    }
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval_secs: 30,
+            idle_timeout_secs: 90,
+            // Small on purpose: tungstenite zero-fills its whole read buffer, so this is
+            // most of an idle client's memory. Reads still take many small frames at once.
+            read_buffer_bytes: 4096,
+            write_buffer_bytes: 16 * 1024,
+        }
+    }
+}

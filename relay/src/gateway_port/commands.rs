@@ -1,0 +1,117 @@
+//! What other tasks ask of a LAN's gateway task ([`GatewayCommand`]), where they find it
+//! ([`GatewayDirectory`]), and how a forward's target is resolved in the LAN.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::ForwardTarget;
+use crate::shared::LanName;
+
+/// What other tasks ask of a LAN's gateway task.
+#[derive(Debug)]
+pub(crate) enum GatewayCommand {
+    /// A host connection for `target:port` in this LAN.
+    InboundTcp {
+        target: ForwardTarget,
+        port: u16,
+        stream: TcpStream,
+    },
+    /// A datagram from `client` to a UDP forward; answers go back through `socket`.
+    InboundUdp {
+        target: ForwardTarget,
+        port: u16,
+        client: SocketAddrV4,
+        payload: Bytes,
+        socket: Arc<UdpSocket>,
+    },
+    /// The LAN's leases and flows, for the admin API.
+    Describe(oneshot::Sender<serde_json::Value>),
+}
+
+/// Each live gateway task's command channel, by LAN.
+#[derive(Debug, Default)]
+pub(crate) struct GatewayDirectory {
+    gateways: Mutex<BTreeMap<LanName, mpsc::Sender<GatewayCommand>>>,
+}
+
+impl GatewayDirectory {
+    pub(crate) fn register(&self, lan: &LanName, commands: mpsc::Sender<GatewayCommand>) {
+        if let Ok(mut gateways) = self.gateways.lock() {
+            gateways.insert(lan.clone(), commands);
+        }
+    }
+
+    pub(crate) fn unregister(&self, lan: &LanName) {
+        if let Ok(mut gateways) = self.gateways.lock() {
+            gateways.remove(lan);
+        }
+    }
+
+    pub(crate) fn get(&self, lan: &LanName) -> Option<mpsc::Sender<GatewayCommand>> {
+        self.gateways.lock().ok()?.get(lan).cloned()
+    }
+}
+
+/// Resolves a forward's target in a LAN: an address as is, a host name or MAC through
+/// the DHCP leases (and, for a MAC, the neighbour cache).
+pub(crate) fn resolve_target(
+    gateway: &gateway::Gateway,
+    target: &ForwardTarget,
+) -> Option<Ipv4Addr> {
+    match target {
+        ForwardTarget::Ip(ip) => Some(*ip),
+        ForwardTarget::Host(host) => gateway
+            .dhcp()
+            .leases()
+            .filter(|lease| {
+                lease
+                    .host_name
+                    .as_deref()
+                    .is_some_and(|name| name.eq_ignore_ascii_case(host))
+            })
+            // The newest lease wins when a renamed VM left an older one.
+            .max_by_key(|lease| lease.expires)
+            .map(|lease| lease.ip),
+        ForwardTarget::Mac(mac) => gateway.dhcp().lease_by_mac(*mac).map(|lease| lease.ip),
+    }
+}
+
+/// Leases and flows of one LAN, as the admin API shows them.
+pub(crate) fn describe(gateway: &gateway::Gateway, now: Instant) -> serde_json::Value {
+    let leases: Vec<serde_json::Value> = gateway
+        .dhcp()
+        .leases()
+        .map(|lease| {
+            serde_json::json!({
+                "ip": lease.ip.to_string(),
+                "mac": lease.mac.to_string(),
+                "host_name": lease.host_name,
+                "static": lease.is_static,
+                "expires_in_secs": lease.expires.saturating_duration_since(now).as_secs(),
+            })
+        })
+        .collect();
+    let flows: Vec<serde_json::Value> = gateway
+        .nat()
+        .map(|nat| {
+            nat.flows()
+                .map(|flow| {
+                    serde_json::json!({
+                        "id": flow.id.0,
+                        "protocol": flow.protocol.as_str(),
+                        "vm": flow.vm.to_string(),
+                        "remote": flow.remote.map(|r| r.to_string()),
+                        "idle_secs": flow.idle.as_secs(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    serde_json::json!({ "leases": leases, "flows": flows })
+}

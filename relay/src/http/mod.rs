@@ -1,0 +1,83 @@
+//! Layer 6: the HTTP side (docs/architecture.md, "Layers"). The client router on
+//! `--listen` (WebSocket joins, `/net/info`, the demo, WebRTC offers), the admin API and
+//! `/metrics` on `--metrics-listen`, and TLS for the client listener.
+
+pub(crate) mod admin;
+pub(crate) mod demo;
+pub(crate) mod metrics;
+pub(crate) mod net_info;
+pub(crate) mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::gateway_port::leases::LeaseStore;
+use crate::shared::lan_from_path;
+use crate::transport::webrtc::WebRtc;
+use crate::transport::webtransport::WebTransportShared;
+use crate::transport::{TransportContext, bad_request, forbidden_origin, websocket};
+
+/// What the client router's handlers share.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    pub(crate) ctx: Arc<TransportContext>,
+    pub(crate) leases: Arc<LeaseStore>,
+    /// The bundled demo's files (web-demo/, vendor/v86/).
+    pub(crate) demo: demo::DemoFiles,
+    /// WebTransport listener state: certificate hashes for /net/info.
+    pub(crate) webtransport: Arc<WebTransportShared>,
+    /// The WebRTC peer; absent when `webrtc.listen` is off.
+    pub(crate) webrtc: Option<Arc<WebRtc>>,
+    /// The bound client listener, for /net/info when a request names no port.
+    pub(crate) listen_addr: SocketAddr,
+}
+
+/// Everything on `--listen`.
+pub(crate) fn client_router(app: Arc<AppState>) -> Router {
+    let offers = crate::transport::webrtc::router(app.ctx.clone(), app.webrtc.clone());
+    Router::new()
+        .route("/", get(join))
+        .route("/lan/{name}", get(join))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(demo::router(&app))
+        .route("/net/info", get(net_info::handler))
+        .with_state(app)
+        .merge(offers)
+}
+
+/// `GET /` and `GET /lan/NAME`: a WebSocket upgrade joins that LAN; a plain `GET /` is the
+/// demo page.
+async fn join(
+    State(app): State<Arc<AppState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let lan = match lan_from_path(uri.path()) {
+        Some(Ok(lan)) => lan,
+        Some(Err(invalid)) => return bad_request(invalid),
+        None => return StatusCode::NOT_FOUND.into_response(),
+    };
+    let is_root = uri.path() == "/";
+    if ws.is_err() && is_root {
+        // A browser: the demo page, or how to build it.
+        return demo::landing(&app).await;
+    }
+    let origin = headers.get(header::ORIGIN).map(|o| o.as_bytes());
+    if let Err(refused) = app.ctx.config.check_origin(origin) {
+        return forbidden_origin(&refused);
+    }
+    match ws {
+        Ok(ws) => websocket::upgrade(app.ctx.clone(), lan, ws),
+        Err(rejection) => bad_request(format!(
+            "{rejection}: /lan/{lan} is a WebSocket endpoint; connect with ws://"
+        )),
+    }
+}

@@ -1,0 +1,400 @@
+//! Layer 2: LANs and their ports, the runtime around [`switch::Switch`]
+//! (docs/architecture.md, "Layers").
+//!
+//! A transport joins a LAN and gets a [`Port`] (its way in) and a [`PortReceiver`] (its own
+//! bounded queue of frames to send out). [`Port::ingress`] runs the switch under the LAN's
+//! lock and puts the frame on the queues the switch chose; a full queue drops the frame for
+//! that port only, so a slow client never slows its neighbours. LANs appear on first join
+//! and vanish with their last port.
+
+mod port;
+mod traffic;
+mod view;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use switch::{PortId, Switch, SwitchConfig};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::shared::{LanName, Transport};
+
+pub(crate) use port::{Port, PortReceiver};
+pub(crate) use traffic::{PortCounters, Totals, TrafficSnapshot};
+#[cfg(test)]
+pub(crate) use view::PortView;
+pub(crate) use view::{LanView, TransportSnapshot};
+
+/// Why a join was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum JoinError {
+    #[error("the relay has reached its limit of {0} connections; try again later")]
+    TooManyConnections(usize),
+    #[error("LAN is full ({0} machines); use another LAN name")]
+    LanFull(usize),
+    #[error("the relay has reached its limit of {0} LANs; join an existing LAN")]
+    TooManyLans(usize),
+}
+
+/// Per-port limits and tunables taken from the config once.
+#[derive(Clone, Debug)]
+struct PortLimits {
+    max_frame_size: usize,
+    queue_frames: usize,
+    max_connections: usize,
+    max_ports_per_lan: usize,
+    max_lans: usize,
+    switch: SwitchConfig,
+}
+
+/// Called when a LAN is created, to attach its services (the gateway port). A later layer
+/// (`gateway_port`) implements it, so this layer never imports that one.
+pub(crate) trait LanHooks: Send + Sync + fmt::Debug {
+    fn lan_created(&self, registry: &Arc<LanRegistry>, lan: &Arc<Lan>);
+}
+
+/// Every LAN of the relay.
+#[derive(Debug)]
+pub(crate) struct LanRegistry {
+    hooks: Mutex<Option<Arc<dyn LanHooks>>>,
+    lans: Mutex<HashMap<LanName, Arc<Lan>>>,
+    next_port: AtomicU64,
+    /// Live ports; changed only under the `lans` lock.
+    connections: AtomicUsize,
+    limits: PortLimits,
+    totals: Totals,
+}
+
+/// One virtual LAN: its switch and the queues of its ports.
+#[derive(Debug)]
+pub(crate) struct Lan {
+    name: LanName,
+    state: Mutex<LanState>,
+    /// Cancelled when the LAN is removed from the registry: its services stop.
+    removed: tokio_util::sync::CancellationToken,
+    /// Woken when the last client leaves, so services can decide whether the LAN may go.
+    idle: tokio::sync::Notify,
+    /// A service (the gateway) decides when this LAN goes, since leases outlive clients.
+    kept_by_service: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug)]
+struct LanState {
+    switch: Switch,
+    ports: HashMap<PortId, PortOutput>,
+    clients: usize,
+}
+
+/// Where the switch puts a port's frames.
+#[derive(Debug)]
+struct PortOutput {
+    queue: mpsc::Sender<bytes::Bytes>,
+    transport: Transport,
+    counters: Arc<PortCounters>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not take every LAN down with it: the state stays usable.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl LanRegistry {
+    pub(crate) fn new(config: &Config) -> Arc<Self> {
+        Arc::new(Self {
+            hooks: Mutex::new(None),
+            lans: Mutex::new(HashMap::new()),
+            next_port: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+            limits: PortLimits {
+                max_frame_size: config.limits.max_frame_size,
+                queue_frames: config.limits.port_queue_frames,
+                max_connections: config.limits.max_connections,
+                max_ports_per_lan: config.limits.max_ports_per_lan,
+                max_lans: config.limits.max_lans,
+                switch: SwitchConfig {
+                    mac_aging: Duration::from_secs(config.switch.mac_aging_secs),
+                    max_macs_per_port: config.switch.max_macs_per_port,
+                },
+            },
+            totals: Totals::default(),
+        })
+    }
+
+    pub(crate) fn set_hooks(&self, hooks: Arc<dyn LanHooks>) {
+        *lock(&self.hooks) = Some(hooks);
+    }
+
+    pub(crate) fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    pub(crate) fn max_frame_size(&self) -> usize {
+        self.limits.max_frame_size
+    }
+
+    /// Attaches a new port to LAN `name`, creating the LAN on first join.
+    pub(crate) fn join(
+        self: &Arc<Self>,
+        name: &LanName,
+        transport: Transport,
+    ) -> Result<(Port, PortReceiver), JoinError> {
+        let mut lans = lock(&self.lans);
+        if self.connections.load(Relaxed) >= self.limits.max_connections {
+            return Err(JoinError::TooManyConnections(self.limits.max_connections));
+        }
+        if !lans.contains_key(name) && lans.len() >= self.limits.max_lans {
+            return Err(JoinError::TooManyLans(self.limits.max_lans));
+        }
+        let lan = match lans.get(name) {
+            Some(lan) => lan.clone(),
+            None => self.create(&mut lans, name),
+        };
+        let mut state = lock(&lan.state);
+        if state.clients >= self.limits.max_ports_per_lan {
+            return Err(JoinError::LanFull(self.limits.max_ports_per_lan));
+        }
+        state.clients += 1;
+        drop(state);
+        self.connections.fetch_add(1, Relaxed);
+        drop(lans);
+        let (port, rx) = self.attach(&lan, transport);
+        self.totals.connections_opened[transport.index()].fetch_add(1, Relaxed);
+        Ok((port, rx))
+    }
+
+    fn create(self: &Arc<Self>, lans: &mut HashMap<LanName, Arc<Lan>>, name: &LanName) -> Arc<Lan> {
+        let lan = Arc::new(Lan {
+            name: name.clone(),
+            state: Mutex::new(LanState {
+                switch: Switch::new(self.limits.switch.clone()),
+                ports: HashMap::new(),
+                clients: 0,
+            }),
+            removed: tokio_util::sync::CancellationToken::new(),
+            idle: tokio::sync::Notify::new(),
+            kept_by_service: std::sync::atomic::AtomicBool::new(false),
+        });
+        lans.insert(name.clone(), lan.clone());
+        tracing::info!(lan = %name, "LAN created");
+        let hooks = lock(&self.hooks).clone();
+        if let Some(hooks) = hooks {
+            hooks.lan_created(self, &lan);
+        }
+        lan
+    }
+
+    /// Adds a port to `lan` (clients are counted by the caller).
+    pub(crate) fn attach(
+        self: &Arc<Self>,
+        lan: &Arc<Lan>,
+        transport: Transport,
+    ) -> (Port, PortReceiver) {
+        let id = PortId(self.next_port.fetch_add(1, Relaxed));
+        let (tx, rx) = mpsc::channel(self.limits.queue_frames);
+        let counters = Arc::new(PortCounters::default());
+        let mut state = lock(&lan.state);
+        // Ids are fresh, so the switch cannot already know this one.
+        let _ = state.switch.add_port(id);
+        state.ports.insert(
+            id,
+            PortOutput {
+                queue: tx,
+                transport,
+                counters: counters.clone(),
+            },
+        );
+        drop(state);
+        (
+            Port::new(id, lan.clone(), self.clone(), transport, counters),
+            rx,
+        )
+    }
+
+    /// Removes `lan` if no client is on it; its services stop. Returns whether it went.
+    pub(crate) fn remove_if_idle(&self, lan: &Arc<Lan>) -> bool {
+        let mut lans = lock(&self.lans);
+        if lock(&lan.state).clients > 0 {
+            return false;
+        }
+        if lans.get(&lan.name).is_some_and(|l| Arc::ptr_eq(l, lan)) {
+            lans.remove(&lan.name);
+            tracing::info!(lan = %lan.name, "LAN removed: no machines and no leases left");
+        }
+        lan.removed.cancel();
+        true
+    }
+
+    fn leave(&self, port: &Port) {
+        let mut lans = lock(&self.lans);
+        let mut state = lock(&port.lan().state);
+        state.switch.remove_port(port.id());
+        state.ports.remove(&port.id());
+        self.totals.retire(port.transport(), port.counters());
+        if !port.transport().is_client() {
+            return;
+        }
+        state.clients -= 1;
+        self.connections.fetch_sub(1, Relaxed);
+        let now_idle = state.clients == 0;
+        drop(state);
+        if !now_idle {
+            return;
+        }
+        let lan = port.lan();
+        if lan.kept_by_service.load(Relaxed) {
+            lan.idle.notify_one();
+        } else if lans.get(&lan.name).is_some_and(|l| Arc::ptr_eq(l, lan)) {
+            // Only remove the LAN this port belonged to, not a newer one of the same name.
+            lans.remove(&lan.name);
+            lan.removed.cancel();
+            tracing::info!(lan = %lan.name, "LAN removed: its last machine left");
+        }
+    }
+
+    /// Every LAN now, in no particular order.
+    pub(crate) fn lan_list(&self) -> Vec<Arc<Lan>> {
+        lock(&self.lans).values().cloned().collect()
+    }
+
+    /// Ages MAC tables; the relay calls this about once a second.
+    pub(crate) fn handle_timeouts(&self, now: Instant) {
+        for lan in self.lan_list() {
+            let mut state = lock(&lan.state);
+            if state.switch.poll_timeout().is_some_and(|at| at <= now) {
+                state.switch.handle_timeout(now);
+            }
+        }
+    }
+}
+
+impl Lan {
+    pub(crate) fn name(&self) -> &LanName {
+        &self.name
+    }
+
+    /// Resolves when the LAN has been removed.
+    pub(crate) async fn removed(&self) {
+        self.removed.cancelled().await
+    }
+
+    /// Resolves when the last client may have left.
+    pub(crate) async fn idle(&self) {
+        self.idle.notified().await
+    }
+
+    /// The LAN stays (without clients) until its service calls
+    /// [`LanRegistry::remove_if_idle`].
+    pub(crate) fn keep_until_service_releases(&self) {
+        self.kept_by_service.store(true, Relaxed);
+    }
+
+    pub(crate) fn client_count(&self) -> usize {
+        lock(&self.state).clients
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared::DropReason;
+    use bytes::Bytes;
+
+    fn frame(dst: [u8; 6], src: [u8; 6]) -> Bytes {
+        let mut f = Vec::from(dst);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.resize(60, 0);
+        Bytes::from(f)
+    }
+
+    const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+    const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
+
+    #[test]
+    fn lans_are_isolated_and_vanish_when_empty() {
+        let registry = LanRegistry::new(&Config::default());
+        let red = LanName::new("red").unwrap();
+        let blue = LanName::new("blue").unwrap();
+        let (a, _rx_a) = registry.join(&red, Transport::WebSocket).unwrap();
+        let (_b, mut rx_b) = registry.join(&red, Transport::WebSocket).unwrap();
+        let (_c, mut rx_c) = registry.join(&blue, Transport::WebSocket).unwrap();
+        a.ingress(Instant::now(), frame([0xff; 6], MAC_A));
+        assert!(rx_b.try_recv().is_ok());
+        assert!(rx_c.try_recv().is_err(), "frames never cross LANs");
+        assert_eq!(registry.snapshot().lans, 2);
+        drop(_c);
+        assert_eq!(registry.snapshot().lans, 1);
+    }
+
+    #[test]
+    fn full_queue_drops_for_that_port_only() {
+        let mut config = Config::default();
+        config.limits.port_queue_frames = 2;
+        let registry = LanRegistry::new(&config);
+        let lan = LanName::default_lan();
+        let (a, _rx_a) = registry.join(&lan, Transport::WebSocket).unwrap();
+        let (_slow, _rx_slow) = registry.join(&lan, Transport::WebSocket).unwrap();
+        let (_fast, mut rx_fast) = registry.join(&lan, Transport::WebSocket).unwrap();
+        for _ in 0..5 {
+            a.ingress(Instant::now(), frame([0xff; 6], MAC_A));
+            assert!(rx_fast.try_recv().is_ok(), "the fast port gets every frame");
+        }
+        assert_eq!(registry.totals().drops(DropReason::QueueFull), 3);
+    }
+
+    #[test]
+    fn short_and_long_frames_are_counted() {
+        let mut config = Config::default();
+        config.limits.max_frame_size = 1514;
+        let registry = LanRegistry::new(&config);
+        let (a, _rx) = registry
+            .join(&LanName::default_lan(), Transport::WebSocket)
+            .unwrap();
+        a.ingress(Instant::now(), Bytes::from_static(&[0; 13]));
+        a.ingress(Instant::now(), Bytes::from(vec![0; 1515]));
+        assert_eq!(registry.totals().drops(DropReason::TooShort), 1);
+        assert_eq!(registry.totals().drops(DropReason::TooLarge), 1);
+    }
+
+    #[test]
+    fn limits_refuse_joins() {
+        let mut config = Config::default();
+        config.limits.max_ports_per_lan = 2;
+        config.limits.max_connections = 3;
+        let registry = LanRegistry::new(&config);
+        let lan = LanName::default_lan();
+        let _a = registry.join(&lan, Transport::WebSocket).unwrap();
+        let _b = registry.join(&lan, Transport::WebSocket).unwrap();
+        assert_eq!(
+            registry.join(&lan, Transport::WebSocket).unwrap_err(),
+            JoinError::LanFull(2)
+        );
+        let other = LanName::new("other").unwrap();
+        let _c = registry.join(&other, Transport::WebSocket).unwrap();
+        assert_eq!(
+            registry.join(&other, Transport::WebSocket).unwrap_err(),
+            JoinError::TooManyConnections(3)
+        );
+    }
+
+    #[test]
+    fn unicast_after_learning() {
+        let registry = LanRegistry::new(&Config::default());
+        let lan = LanName::default_lan();
+        let (a, mut rx_a) = registry.join(&lan, Transport::WebSocket).unwrap();
+        let (b, mut rx_b) = registry.join(&lan, Transport::WebSocket).unwrap();
+        let (_c, mut rx_c) = registry.join(&lan, Transport::WebSocket).unwrap();
+        a.ingress(Instant::now(), frame([0xff; 6], MAC_A));
+        rx_b.try_recv().unwrap();
+        rx_c.try_recv().unwrap();
+        b.ingress(Instant::now(), frame(MAC_A, MAC_B));
+        assert!(rx_a.try_recv().is_ok());
+        assert!(rx_c.try_recv().is_err(), "known unicast is not flooded");
+    }
+}

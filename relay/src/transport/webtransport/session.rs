@@ -1,0 +1,227 @@
+//! One WebTransport session: a port of the LAN its path names, datagrams in and out.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use webtransport::{
+    DropReason as FragmentDrop, Fragmenter, Reassembler, ReassemblyLimits, Received,
+};
+use wtransport::endpoint::IncomingSession;
+use wtransport::{Connection, VarInt};
+
+use super::{CLOSE_SHUTDOWN, WebTransportStats};
+use crate::lan::{Port, PortReceiver};
+use crate::shared::{Transport, lan_from_path};
+use crate::transport::TransportContext;
+
+pub(super) async fn run(
+    app: Arc<TransportContext>,
+    stats: Arc<WebTransportStats>,
+    incoming: IncomingSession,
+    handshake_permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let Some((port, queue, connection)) = admit(&app, incoming).await else {
+        return;
+    };
+    drop(handshake_permit);
+    let lan = port.lan_name().clone();
+    tracing::debug!(%lan, port = %port.id(), "webtransport client joined");
+    pump(&app, &stats, &port, queue, &connection).await;
+    tracing::debug!(%lan, port = %port.id(), "webtransport client left");
+}
+
+/// The handshake, the Origin check and the join; `None` (the browser told why) when any
+/// of them fails.
+async fn admit(
+    app: &TransportContext,
+    incoming: IncomingSession,
+) -> Option<(Port, PortReceiver, Connection)> {
+    let handshake = Duration::from_secs(10);
+    let request = match tokio::time::timeout(handshake, incoming).await {
+        Ok(Ok(request)) => request,
+        Ok(Err(error)) => {
+            tracing::debug!("webtransport handshake failed: {error}");
+            return None;
+        }
+        Err(_) => return None,
+    };
+    if let Err(refused) = app.config.check_origin(request.origin().map(str::as_bytes)) {
+        tracing::debug!("webtransport session refused: {refused}");
+        request.forbidden().await;
+        return None;
+    }
+    let lan = match lan_from_path(request.path()) {
+        Some(Ok(lan)) => lan,
+        Some(Err(invalid)) => {
+            tracing::debug!("webtransport session refused: {invalid}");
+            request.not_found().await;
+            return None;
+        }
+        None => {
+            request.not_found().await;
+            return None;
+        }
+    };
+    let (port, queue) = match app.lans.join(&lan, Transport::WebTransport) {
+        Ok(joined) => joined,
+        Err(refused) => {
+            tracing::warn!(%lan, "webtransport session refused: {refused}");
+            request.too_many_requests().await;
+            return None;
+        }
+    };
+    match tokio::time::timeout(handshake, request.accept()).await {
+        Ok(Ok(connection)) => Some((port, queue, connection)),
+        _ => None,
+    }
+}
+
+/// Moves frames both ways until the session or the relay ends.
+async fn pump(
+    app: &TransportContext,
+    stats: &Arc<WebTransportStats>,
+    port: &Port,
+    mut queue: PortReceiver,
+    connection: &Connection,
+) {
+    let limits = ReassemblyLimits {
+        max_frame_size: app.lans.max_frame_size(),
+        max_pending_bytes: app.config.webtransport.max_reassembly_bytes,
+    };
+    let mut reader = SessionReader::new(limits, stats.clone());
+    let mut fragmenter = Fragmenter::new();
+    let counters = port.counters_handle();
+    let stop = app.shutdown.child_token();
+    let mut datagrams = Vec::new();
+    loop {
+        let timeout = reader.reassembler.poll_timeout();
+        tokio::select! {
+            _ = stop.cancelled() => {
+                connection.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"relay shutting down");
+                break;
+            }
+            _ = sleep_until_opt(timeout) => reader.timeout(Instant::now()),
+            datagram = connection.receive_datagram() => {
+                let Ok(datagram) = datagram else { break };
+                let now = Instant::now();
+                if let Some(frame) = reader.receive(now, datagram.payload()) {
+                    port.ingress(now, frame);
+                }
+            }
+            frame = queue.recv() => {
+                let Some(frame) = frame else { break };
+                let frame = counters.outgoing(frame);
+                if !send_frame(connection, &mut fragmenter, &frame, &mut datagrams, stats) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends one frame as one or more datagrams; false when the session is gone.
+fn send_frame(
+    connection: &Connection,
+    fragmenter: &mut Fragmenter,
+    frame: &[u8],
+    datagrams: &mut Vec<Bytes>,
+    stats: &WebTransportStats,
+) -> bool {
+    let Some(max) = connection.max_datagram_size() else {
+        stats.send_failures.fetch_add(1, Relaxed);
+        return true;
+    };
+    datagrams.clear();
+    match fragmenter.encode(frame, max, datagrams) {
+        Ok(1) => {}
+        Ok(n) => {
+            stats.fragments_sent.fetch_add(n as u64, Relaxed);
+        }
+        Err(_) => {
+            stats.send_failures.fetch_add(1, Relaxed);
+            return true;
+        }
+    }
+    for d in datagrams.drain(..) {
+        match connection.send_datagram(d) {
+            Ok(()) => {}
+            Err(wtransport::error::SendDatagramError::NotConnected) => return false,
+            Err(_) => {
+                stats.send_failures.fetch_add(1, Relaxed);
+                return true;
+            }
+        }
+    }
+    true
+}
+
+/// One session's reassembly plus the bookkeeping that keeps the relay-wide metrics exact.
+struct SessionReader {
+    reassembler: Reassembler,
+    stats: Arc<WebTransportStats>,
+    reported_bytes: usize,
+    reported_drops: [u64; FragmentDrop::ALL.len()],
+}
+
+impl SessionReader {
+    fn new(limits: ReassemblyLimits, stats: Arc<WebTransportStats>) -> Self {
+        Self {
+            reassembler: Reassembler::new(limits),
+            stats,
+            reported_bytes: 0,
+            reported_drops: [0; FragmentDrop::ALL.len()],
+        }
+    }
+
+    fn receive(&mut self, now: Instant, datagram: Bytes) -> Option<Bytes> {
+        if datagram.first() == Some(&webtransport::FRAGMENT) {
+            self.stats.fragments_received.fetch_add(1, Relaxed);
+        }
+        let received = self.reassembler.receive(now, datagram);
+        self.sync();
+        match received {
+            Received::Frame(frame) => Some(frame),
+            Received::Stored | Received::Dropped(_) => None,
+        }
+    }
+
+    fn timeout(&mut self, now: Instant) {
+        self.reassembler.handle_timeout(now);
+        self.sync();
+    }
+
+    fn sync(&mut self) {
+        let bytes = self.reassembler.pending_bytes();
+        if bytes != self.reported_bytes {
+            let delta = bytes as i64 - self.reported_bytes as i64;
+            self.stats.reassembly_bytes.fetch_add(delta, Relaxed);
+            self.reported_bytes = bytes;
+        }
+        for reason in FragmentDrop::ALL {
+            let now = self.reassembler.drops(reason);
+            let before = &mut self.reported_drops[reason.index()];
+            if now != *before {
+                self.stats.reassembly_drops[reason.index()].fetch_add(now - *before, Relaxed);
+                *before = now;
+            }
+        }
+    }
+}
+
+impl Drop for SessionReader {
+    fn drop(&mut self) {
+        // An abandoned session's incomplete frames are freed with it.
+        self.stats
+            .reassembly_bytes
+            .fetch_sub(self.reported_bytes as i64, Relaxed);
+    }
+}
