@@ -9,20 +9,16 @@ use dhcp::{DhcpServer, LeaseEvent, LeaseSnapshot, ReplyTarget, RestoreReport};
 use dns::{ClientId, DnsProxy, Transport, UpstreamId, UpstreamQuery, UpstreamResult};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, ETHERNET_HEADER_LEN, EthernetAddress, EthernetFrame,
-    EthernetProtocol, EthernetRepr, IPV4_HEADER_LEN, Icmpv4Message, Icmpv4Packet, Icmpv4Repr,
-    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, UDP_HEADER_LEN,
-    UdpPacket, UdpRepr,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, Icmpv4Message, Icmpv4Packet, Icmpv4Repr, IpAddress, IpProtocol, Ipv4Packet,
+    Ipv4Repr, TcpControl, TcpPacket, TcpRepr, UdpPacket, UdpRepr,
 };
 
 use crate::config::GatewayConfig;
+use crate::emit::{self, OutPacket};
 use crate::nat::{Nat, NatConfig};
 use crate::neighbors::NeighborCache;
 
-/// TTL of every packet we emit (Linux's default).
-pub const TTL: u8 = 64;
-/// Frames we emit are padded to the Ethernet minimum (without FCS), as a real NIC would.
-pub const MIN_FRAME_LEN: usize = 60;
 /// Lease events kept for [`Gateway::poll_lease_event`]; the oldest are dropped beyond.
 pub const MAX_PENDING_LEASE_EVENTS: usize = dhcp::MAX_PENDING_EVENTS;
 
@@ -318,17 +314,15 @@ impl Gateway {
             target_hardware_addr: source_hardware_addr,
             target_protocol_addr: source_protocol_addr,
         };
-        let eth = EthernetRepr {
-            src_addr: self.config.gateway_mac,
-            dst_addr: source_hardware_addr,
-            ethertype: EthernetProtocol::Arp,
-        };
-        let mut buffer = vec![0; (ETHERNET_HEADER_LEN + reply.buffer_len()).max(MIN_FRAME_LEN)];
-        let mut frame = EthernetFrame::new_unchecked(&mut buffer[..]);
-        eth.emit(&mut frame);
-        reply.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+        let frame = emit::frame(
+            self.config.gateway_mac,
+            source_hardware_addr,
+            EthernetProtocol::Arp,
+            reply.buffer_len(),
+            |buffer| reply.emit(&mut ArpPacket::new_unchecked(buffer)),
+        );
         self.stats.arp_replies += 1;
-        self.push_frame(buffer);
+        self.push_frame(frame);
     }
 
     fn handle_ipv4(&mut self, now: Instant, frame_src: EthernetAddress, payload: &[u8]) {
@@ -417,19 +411,7 @@ impl Gateway {
             data,
         };
         self.stats.icmp_echo_replies += 1;
-        self.emit_ipv4(
-            frame_src,
-            ip.dst_addr,
-            ip.src_addr,
-            IpProtocol::Icmp,
-            reply.buffer_len(),
-            |buffer| {
-                reply.emit(
-                    &mut Icmpv4Packet::new_unchecked(buffer),
-                    &ChecksumCapabilities::default(),
-                );
-            },
-        );
+        self.emit_ipv4(frame_src, &OutPacket::icmp(ip.dst_addr, ip.src_addr, reply));
     }
 
     fn handle_udp(&mut self, now: Instant, frame_src: EthernetAddress, ip: &Ipv4Repr, data: &[u8]) {
@@ -478,12 +460,8 @@ impl Gateway {
             ReplyTarget::Unicast { mac, ip } => (mac, ip),
         };
         let from = SocketAddrV4::new(self.dhcp.server_id(), DHCP_SERVER_PORT);
-        self.emit_udp(
-            mac,
-            from,
-            SocketAddrV4::new(ip, DHCP_CLIENT_PORT),
-            &reply.payload,
-        );
+        let to = SocketAddrV4::new(ip, DHCP_CLIENT_PORT);
+        self.emit_ipv4(mac, &OutPacket::udp(from, to, &reply.payload));
     }
 
     fn handle_dns_udp(
@@ -504,7 +482,7 @@ impl Gateway {
         // Errors are counted by the proxy; nothing to send.
         if let Ok(Some(answer)) = self.dns.handle_query(now, ClientId::udp(client), payload) {
             let from = SocketAddrV4::new(self.config.dns_ip, DNS_PORT);
-            self.emit_udp(frame_src, from, client, &answer);
+            self.emit_ipv4(frame_src, &OutPacket::udp(from, client, &answer));
         }
     }
 
@@ -531,16 +509,8 @@ impl Gateway {
             self.stats.ignored += 1;
             return;
         }
-        let reset = crate::nat::reset_for(&segment);
         self.stats.dns_tcp_reset += 1;
-        self.emit_ipv4(
-            frame_src,
-            ip.dst_addr,
-            ip.src_addr,
-            IpProtocol::Tcp,
-            reset.buffer_len(),
-            |buffer| reset.emit(&mut TcpPacket::new_unchecked(buffer), &dst, &src, &caps),
-        );
+        self.emit_ipv4(frame_src, &OutPacket::reset(ip, &segment));
     }
 
     /// TCP to our own addresses with NAT on: DNS over TCP, host loopback, or a RST (smoltcp
@@ -627,8 +597,8 @@ impl Gateway {
     }
 
     /// Wraps a NAT packet (with headroom) in Ethernet to the VM that owns its destination.
-    fn frame_nat_packet(&mut self, mut packet: Vec<u8>) -> Option<Vec<u8>> {
-        let headroom = Nat::HEADROOM;
+    fn frame_nat_packet(&mut self, packet: Vec<u8>) -> Option<Vec<u8>> {
+        let headroom = emit::HEADROOM;
         let dst = Ipv4Packet::new_checked(&packet[headroom..])
             .ok()?
             .dst_addr();
@@ -640,16 +610,7 @@ impl Gateway {
             self.stats.oversized += 1;
             return None;
         }
-        let eth = EthernetRepr {
-            src_addr: self.config.gateway_mac,
-            dst_addr: mac,
-            ethertype: EthernetProtocol::Ipv4,
-        };
-        eth.emit(&mut EthernetFrame::new_unchecked(&mut packet[..headroom]));
-        if packet.len() < MIN_FRAME_LEN {
-            packet.resize(MIN_FRAME_LEN, 0);
-        }
-        Some(packet)
+        Some(emit::frame_packet(packet, self.config.gateway_mac, mac))
     }
 
     /// DNS queries that came over TCP go to the proxy; answers go back on their connection.
@@ -676,7 +637,7 @@ impl Gateway {
                 Transport::Udp => match self.neighbors.lookup(*client.addr.ip()) {
                     Some(mac) => {
                         let from = SocketAddrV4::new(self.config.dns_ip, DNS_PORT);
-                        self.emit_udp(mac, from, client.addr, &answer);
+                        self.emit_ipv4(mac, &OutPacket::udp(from, client.addr, &answer));
                     }
                     None => self.stats.no_neighbor += 1,
                 },
@@ -688,51 +649,10 @@ impl Gateway {
         }
     }
 
-    fn emit_udp(
-        &mut self,
-        dst_mac: EthernetAddress,
-        from: SocketAddrV4,
-        to: SocketAddrV4,
-        payload: &[u8],
-    ) {
-        let udp = UdpRepr {
-            src_port: from.port(),
-            dst_port: to.port(),
-        };
-        let src = IpAddress::Ipv4(*from.ip());
-        let dst = IpAddress::Ipv4(*to.ip());
-        self.emit_ipv4(
-            dst_mac,
-            *from.ip(),
-            *to.ip(),
-            IpProtocol::Udp,
-            UDP_HEADER_LEN + payload.len(),
-            |buffer| {
-                udp.emit(
-                    &mut UdpPacket::new_unchecked(buffer),
-                    &src,
-                    &dst,
-                    payload.len(),
-                    |out| out.copy_from_slice(payload),
-                    &ChecksumCapabilities::default(),
-                );
-            },
-        );
-    }
-
-    /// Builds Ethernet + IPv4 (TTL 64, DF, checksum) around `payload_len` bytes that
-    /// `fill` writes (it gets exactly that slice, so transport checksums cover no padding).
-    fn emit_ipv4(
-        &mut self,
-        dst_mac: EthernetAddress,
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
-        protocol: IpProtocol,
-        payload_len: usize,
-        fill: impl FnOnce(&mut [u8]),
-    ) {
-        let ip_len = IPV4_HEADER_LEN + payload_len;
-        if ip_len > usize::from(self.config.mtu) {
+    /// Queues `packet` in a frame to `dst_mac`, unless it exceeds the MTU or the queue is
+    /// full (both counted).
+    fn emit_ipv4(&mut self, dst_mac: EthernetAddress, packet: &OutPacket) {
+        if packet.len() > usize::from(self.config.mtu) {
             self.stats.oversized += 1;
             return;
         }
@@ -740,25 +660,7 @@ impl Gateway {
             self.stats.queue_drops += 1;
             return;
         }
-        let eth = EthernetRepr {
-            src_addr: self.config.gateway_mac,
-            dst_addr: dst_mac,
-            ethertype: EthernetProtocol::Ipv4,
-        };
-        let ip = Ipv4Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: protocol,
-            payload_len,
-            hop_limit: TTL,
-        };
-        let mut buffer = vec![0; (ETHERNET_HEADER_LEN + ip_len).max(MIN_FRAME_LEN)];
-        let mut frame = EthernetFrame::new_unchecked(&mut buffer[..]);
-        eth.emit(&mut frame);
-        let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
-        ip.emit(&mut packet, &ChecksumCapabilities::default());
-        fill(packet.payload_mut());
-        self.push_frame(buffer);
+        self.push_frame(packet.frame_bytes(self.config.gateway_mac, dst_mac));
     }
 
     fn push_frame(&mut self, frame: Vec<u8>) {

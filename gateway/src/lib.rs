@@ -58,6 +58,7 @@
 //!   the DHCP and DNS crates' own bounds. No input panics.
 
 mod config;
+mod emit;
 mod gateway;
 pub mod nat;
 mod neighbors;
@@ -66,7 +67,8 @@ mod neighbors;
 mod tests;
 
 pub use config::{ConfigError, GatewayConfig, MIN_MTU};
-pub use gateway::{Gateway, GatewayStats, MAX_PENDING_LEASE_EVENTS, MIN_FRAME_LEN, TTL};
+pub use emit::{MIN_FRAME_LEN, TTL};
+pub use gateway::{Gateway, GatewayStats, MAX_PENDING_LEASE_EVENTS};
 pub use nat::{
     ConnectFailure, DenyCounts, DenyReason, EgressPolicy, FlowId, FlowInfo, Nat, NatAction,
     NatConfig, NatProtocol, NatStats, PolicyRule, TcpStatus,

@@ -27,15 +27,14 @@ use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::tcp;
 use smoltcp::wire::{
-    HardwareAddress, IPV4_HEADER_LEN, Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, IpAddress,
-    IpCidr, IpEndpoint, IpListenEndpoint, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket,
-    TcpRepr, TcpSeqNumber, UDP_HEADER_LEN, UdpPacket, UdpRepr,
+    HardwareAddress, Icmpv4DstUnreachable, Icmpv4Repr, IpAddress, IpCidr, IpEndpoint,
+    IpListenEndpoint, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, UDP_HEADER_LEN, UdpRepr,
 };
 
-use device::{HEADROOM, OneShotDevice};
+use device::OneShotDevice;
 pub use policy::{DenyCounts, DenyReason, EgressPolicy, NatProtocol, PolicyRule};
 
-use crate::gateway::TTL;
+use crate::emit::{HEADROOM, OutPacket};
 
 /// Identifies one NAT flow between the core and its driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -453,12 +452,10 @@ impl Nat {
         }
     }
 
-    /// The next IP packet for the LAN, with [`Self::HEADROOM`] bytes free in front.
+    /// The next IP packet for the LAN, with [`HEADROOM`] bytes free in front.
     pub(crate) fn poll_packet(&mut self) -> Option<Vec<u8>> {
         self.tx.pop_front()
     }
-
-    pub(crate) const HEADROOM: usize = HEADROOM;
 
     // ---- from the VMs ----
 
@@ -824,19 +821,7 @@ impl Nat {
             seq_no: seq,
             data,
         };
-        let ip = Ipv4Repr {
-            src_addr: to,
-            dst_addr: vm,
-            next_header: IpProtocol::Icmp,
-            payload_len: reply.buffer_len(),
-            hop_limit: TTL,
-        };
-        self.push_ipv4(&ip, |buffer| {
-            reply.emit(
-                &mut Icmpv4Packet::new_unchecked(buffer),
-                &ChecksumCapabilities::default(),
-            );
-        });
+        self.push(&OutPacket::icmp(to, vm, reply));
     }
 
     /// Ends a flow from the driver's side (e.g. its host socket failed).
@@ -1374,121 +1359,33 @@ impl Nat {
     }
 
     fn push_reset(&mut self, ip: &Ipv4Repr, segment: &TcpRepr) {
-        if segment.control == TcpControl::Rst {
-            return;
+        if segment.control != TcpControl::Rst {
+            self.push(&OutPacket::reset(ip, segment));
         }
-        let reset = reset_for(segment);
-        let src = IpAddress::Ipv4(ip.dst_addr);
-        let dst = IpAddress::Ipv4(ip.src_addr);
-        let reply = Ipv4Repr {
-            src_addr: ip.dst_addr,
-            dst_addr: ip.src_addr,
-            next_header: IpProtocol::Tcp,
-            payload_len: reset.buffer_len(),
-            hop_limit: TTL,
-        };
-        self.push_ipv4(&reply, |buffer| {
-            reset.emit(
-                &mut TcpPacket::new_unchecked(buffer),
-                &src,
-                &dst,
-                &ChecksumCapabilities::default(),
-            );
-        });
     }
 
-    /// ICMP destination unreachable about `ip`, quoting the first 8 bytes of its payload.
+    /// ICMP destination unreachable about `ip`, quoting the first 8 bytes of its payload;
+    /// from the router, as a real one would send it.
     fn push_unreachable(&mut self, ip: &Ipv4Repr, payload: &[u8], reason: Icmpv4DstUnreachable) {
-        let quoted = &payload[..payload.len().min(8)];
-        let message = Icmpv4Repr::DstUnreachable {
+        self.push(&OutPacket::unreachable(
+            self.gateway_ip,
+            ip,
+            payload,
             reason,
-            header: *ip,
-            data: quoted,
-        };
-        let reply = Ipv4Repr {
-            // From the router, as a real one would send it.
-            src_addr: self.gateway_ip,
-            dst_addr: ip.src_addr,
-            next_header: IpProtocol::Icmp,
-            payload_len: message.buffer_len(),
-            hop_limit: TTL,
-        };
-        self.push_ipv4(&reply, |buffer| {
-            message.emit(
-                &mut Icmpv4Packet::new_unchecked(buffer),
-                &ChecksumCapabilities::default(),
-            );
-        });
+        ));
     }
 
     fn push_udp(&mut self, from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) {
-        let udp = UdpRepr {
-            src_port: from.port(),
-            dst_port: to.port(),
-        };
-        let ip = Ipv4Repr {
-            src_addr: *from.ip(),
-            dst_addr: *to.ip(),
-            next_header: IpProtocol::Udp,
-            payload_len: UDP_HEADER_LEN + payload.len(),
-            hop_limit: TTL,
-        };
-        let (src, dst) = (IpAddress::Ipv4(*from.ip()), IpAddress::Ipv4(*to.ip()));
-        self.push_ipv4(&ip, |buffer| {
-            udp.emit(
-                &mut UdpPacket::new_unchecked(buffer),
-                &src,
-                &dst,
-                payload.len(),
-                |out| out.copy_from_slice(payload),
-                &ChecksumCapabilities::default(),
-            );
-        });
+        self.push(&OutPacket::udp(from, to, payload));
     }
 
-    fn push_ipv4(&mut self, ip: &Ipv4Repr, fill: impl FnOnce(&mut [u8])) {
+    /// Queues an IP packet for the LAN, with [`HEADROOM`] for its Ethernet header.
+    fn push(&mut self, packet: &OutPacket) {
         // The gateway drops what exceeds the MTU; build it anyway only if it fits.
-        if IPV4_HEADER_LEN + ip.payload_len > self.mtu {
+        if packet.len() > self.mtu {
             return;
         }
-        self.tx.push_back(ipv4_packet(HEADROOM, ip, fill));
-    }
-}
-
-/// An IPv4 packet (TTL and checksum from `ip`, DF set) after `headroom` free bytes, with
-/// `fill` writing exactly the payload.
-pub(crate) fn ipv4_packet(headroom: usize, ip: &Ipv4Repr, fill: impl FnOnce(&mut [u8])) -> Vec<u8> {
-    let mut buffer = vec![0; headroom + IPV4_HEADER_LEN + ip.payload_len];
-    let mut packet = Ipv4Packet::new_unchecked(&mut buffer[headroom..]);
-    ip.emit(&mut packet, &ChecksumCapabilities::default());
-    packet.set_dont_frag(true);
-    packet.fill_checksum();
-    fill(packet.payload_mut());
-    buffer
-}
-
-/// The RST that answers `segment` (RFC 9293 3.10.7.1, closed port).
-pub(crate) fn reset_for(segment: &TcpRepr) -> TcpRepr<'static> {
-    let (seq_number, ack_number) = match segment.ack_number {
-        Some(ack) => (ack, None),
-        None => (
-            TcpSeqNumber(0),
-            Some(segment.seq_number + segment.segment_len()),
-        ),
-    };
-    TcpRepr {
-        src_port: segment.dst_port,
-        dst_port: segment.src_port,
-        control: TcpControl::Rst,
-        seq_number,
-        ack_number,
-        window_len: 0,
-        window_scale: None,
-        max_seg_size: None,
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload: &[],
+        self.tx.push_back(packet.packet_bytes(HEADROOM));
     }
 }
 
