@@ -1,4 +1,5 @@
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 //! The sans-IO router port of one v86-relay LAN.
 //!
 //! The switch delivers the gateway port's frames (broadcasts and unicast to the gateway
