@@ -58,6 +58,9 @@
 //!   (`max_neighbors`), lease events ([`MAX_PENDING_LEASE_EVENTS`], oldest dropped), plus
 //!   the DHCP and DNS crates' own bounds. No input panics.
 
+// Layers, each importing only the ones above it: `config`, `emit` (every frame and packet
+// we send is built there) and `neighbors` import nothing from the crate; `nat` imports
+// `config` and `emit`; `gateway` imports them all.
 mod config;
 mod emit;
 mod gateway;

@@ -77,6 +77,7 @@ use inbound::INBOUND_PORTS;
 pub use policy::{DenyCounts, DenyReason, EgressPolicy, NatProtocol, PolicyRule};
 pub use tcp::{ConnectFailure, TcpStatus};
 
+use crate::config::GatewayConfig;
 use crate::emit::{HEADROOM, OutPacket};
 
 /// NAT settings of one LAN.
@@ -232,7 +233,7 @@ impl std::fmt::Debug for Nat {
 }
 
 impl Nat {
-    pub(crate) fn new(config: NatConfig, gateway: &crate::GatewayConfig, now: Instant) -> Self {
+    pub(crate) fn new(config: NatConfig, gateway: &GatewayConfig, now: Instant) -> Self {
         let mtu = usize::from(gateway.mtu);
         let mut tx = VecDeque::new();
         let mut device = OneShotDevice {
