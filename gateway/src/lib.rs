@@ -1,4 +1,5 @@
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 //! The sans-IO router port of one v86-relay LAN.
 //!
 //! The switch delivers the gateway port's frames (broadcasts and unicast to the gateway
@@ -57,7 +58,11 @@
 //!   (`max_neighbors`), lease events ([`MAX_PENDING_LEASE_EVENTS`], oldest dropped), plus
 //!   the DHCP and DNS crates' own bounds. No input panics.
 
+// Layers, each importing only the ones above it: `config`, `emit` (every frame and packet
+// we send is built there) and `neighbors` import nothing from the crate; `nat` imports
+// `config` and `emit`; `gateway` imports them all.
 mod config;
+mod emit;
 mod gateway;
 pub mod nat;
 mod neighbors;
@@ -66,7 +71,8 @@ mod neighbors;
 mod tests;
 
 pub use config::{ConfigError, GatewayConfig, MIN_MTU};
-pub use gateway::{Gateway, GatewayStats, MAX_PENDING_LEASE_EVENTS, MIN_FRAME_LEN, TTL};
+pub use emit::{MIN_FRAME_LEN, TTL};
+pub use gateway::{Gateway, GatewayStats, MAX_PENDING_LEASE_EVENTS};
 pub use nat::{
     ConnectFailure, DenyCounts, DenyReason, EgressPolicy, FlowId, FlowInfo, Nat, NatAction,
     NatConfig, NatProtocol, NatStats, PolicyRule, TcpStatus,

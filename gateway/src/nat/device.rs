@@ -5,10 +5,8 @@ use std::collections::VecDeque;
 
 use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
-use smoltcp::wire::ETHERNET_HEADER_LEN;
 
-/// Bytes reserved in front of every emitted packet for the Ethernet header.
-pub(crate) const HEADROOM: usize = ETHERNET_HEADER_LEN;
+use crate::emit::HEADROOM;
 
 pub(crate) struct OneShotDevice<'a> {
     pub(crate) rx: Option<&'a [u8]>,

@@ -1,0 +1,254 @@
+//! Frames through the NAT: TCP connects, policy denials, UDP flows and pings.
+
+use super::*;
+
+const INTERNET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+
+fn nat_gateway(now: Instant) -> Gateway {
+    let mut gateway = gateway();
+    gateway.enable_nat(NatConfig::default(), now);
+    gateway
+}
+
+/// A TCP segment from the VM, built with smoltcp (checksums filled).
+fn tcp_frame(to: SocketAddrV4, control: TcpControl, seq: u32, ack: Option<u32>) -> Vec<u8> {
+    let caps = ChecksumCapabilities::default();
+    let tcp = TcpRepr {
+        src_port: 41234,
+        dst_port: to.port(),
+        control,
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
+        window_len: 64240,
+        window_scale: Some(7),
+        max_seg_size: (control == TcpControl::Syn).then_some(1460),
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip = Ipv4Repr {
+        src_addr: VM_IP,
+        dst_addr: *to.ip(),
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp.buffer_len(),
+        hop_limit: 64,
+    };
+    let mut buffer = vec![0; (14 + 20 + tcp.buffer_len()).max(60)];
+    let mut frame = EthernetFrame::new_unchecked(&mut buffer[..]);
+    EthernetRepr {
+        src_addr: VM_MAC,
+        dst_addr: GW_MAC,
+        ethertype: EthernetProtocol::Ipv4,
+    }
+    .emit(&mut frame);
+    let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
+    ip.emit(&mut packet, &caps);
+    tcp.emit(
+        &mut TcpPacket::new_unchecked(packet.payload_mut()),
+        &IpAddress::Ipv4(VM_IP),
+        &IpAddress::Ipv4(*to.ip()),
+        &caps,
+    );
+    buffer
+}
+
+fn parse_tcp(frame: &[u8]) -> (Ipv4Repr, TcpRepr<'static>) {
+    let (eth, ip, data) = parse_ipv4(frame);
+    assert_eq!(eth.dst_addr, VM_MAC);
+    let packet = TcpPacket::new_checked(&data[..]).unwrap();
+    let tcp = TcpRepr::parse(
+        &packet,
+        &IpAddress::Ipv4(ip.src_addr),
+        &IpAddress::Ipv4(ip.dst_addr),
+        &ChecksumCapabilities::default(),
+    )
+    .unwrap();
+    // Only the header fields matter here; drop the borrowed payload.
+    let tcp = TcpRepr {
+        payload: &[],
+        ..tcp
+    };
+    (ip, tcp)
+}
+
+#[test]
+fn nat_syn_ack_waits_for_the_host_connect() {
+    let now = Instant::now();
+    let mut gateway = nat_gateway(now);
+    let to = SocketAddrV4::new(INTERNET, 80);
+    gateway.handle_frame(now, &tcp_frame(to, TcpControl::Syn, 1000, None));
+    assert!(
+        drain(&mut gateway).is_empty(),
+        "no SYN-ACK before the connect"
+    );
+    let nat = gateway.nat_mut().unwrap();
+    let Some(NatAction::TcpConnect { flow, vm, to: host }) = nat.poll_action() else {
+        panic!("expected a connect");
+    };
+    assert_eq!((vm, host), (SocketAddrV4::new(VM_IP, 41234), to));
+    // A retransmitted SYN starts nothing new.
+    gateway.handle_frame(now, &tcp_frame(to, TcpControl::Syn, 1000, None));
+    assert_eq!(gateway.nat_mut().unwrap().poll_action(), None);
+
+    assert!(gateway.nat_mut().unwrap().handle_tcp_connected(now, flow));
+    let (ip, syn_ack) = parse_tcp(&one_frame(&mut gateway));
+    assert_eq!((ip.src_addr, ip.dst_addr), (INTERNET, VM_IP));
+    assert_eq!(syn_ack.control, TcpControl::Syn);
+    assert_eq!(syn_ack.ack_number, Some(TcpSeqNumber(1001)));
+    assert!(syn_ack.max_seg_size.is_some_and(|mss| mss <= 1460));
+    assert!(syn_ack.window_scale.is_some(), "window scaling on");
+    assert_eq!(gateway.nat().unwrap().stats().flows_active, [1, 0, 0]);
+}
+
+#[test]
+fn nat_refused_connect_resets_and_unreachable_sends_icmp() {
+    let now = Instant::now();
+    let mut gateway = nat_gateway(now);
+    for (port, failure) in [
+        (81, ConnectFailure::Refused),
+        (82, ConnectFailure::TimedOut),
+    ] {
+        let to = SocketAddrV4::new(INTERNET, port);
+        gateway.handle_frame(now, &tcp_frame(to, TcpControl::Syn, 5000, None));
+        let nat = gateway.nat_mut().unwrap();
+        let Some(NatAction::TcpConnect { flow, .. }) = nat.poll_action() else {
+            panic!("expected a connect");
+        };
+        nat.handle_tcp_connect_failed(now, flow, failure);
+        let frame = one_frame(&mut gateway);
+        if failure == ConnectFailure::Refused {
+            let (_, rst) = parse_tcp(&frame);
+            assert_eq!(rst.control, TcpControl::Rst);
+            assert_eq!(rst.ack_number, Some(TcpSeqNumber(5001)));
+        } else {
+            let (_, ip, data) = parse_ipv4(&frame);
+            assert_eq!((ip.src_addr, ip.next_header), (GW_IP, IpProtocol::Icmp));
+            let icmp = Icmpv4Packet::new_checked(&data[..]).unwrap();
+            assert_eq!(
+                icmp.msg_type(),
+                smoltcp::wire::Icmpv4Message::DstUnreachable
+            );
+            assert_eq!(icmp.msg_code(), 1, "host unreachable");
+        }
+    }
+    let stats = gateway.nat().unwrap().stats();
+    assert_eq!((stats.flows_active, stats.connect_failed), ([0, 0, 0], 2));
+}
+
+#[test]
+fn nat_policy_refuses_private_loopback_and_port_25() {
+    let now = Instant::now();
+    let mut gateway = nat_gateway(now);
+    for to in [
+        SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 80),
+        SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 80),
+        SocketAddrV4::new(INTERNET, 25),
+        // The gateway address without host loopback.
+        SocketAddrV4::new(GW_IP, 8080),
+    ] {
+        gateway.handle_frame(now, &tcp_frame(to, TcpControl::Syn, 1, None));
+        let (_, rst) = parse_tcp(&one_frame(&mut gateway));
+        assert_eq!(rst.control, TcpControl::Rst, "{to}");
+    }
+    let nat = gateway.nat_mut().unwrap();
+    assert_eq!(nat.poll_action(), None);
+    let denied = &nat.stats().denied;
+    assert_eq!(denied.get(DenyReason::Private), 1);
+    assert_eq!(denied.get(DenyReason::Loopback), 2);
+    assert_eq!(denied.get(DenyReason::Port), 1);
+
+    // UDP to a private address: ICMP port unreachable quoting the datagram.
+    let from = SocketAddrV4::new(VM_IP, 5000);
+    let to = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 1), 53);
+    gateway.handle_frame(now, &udp_frame(VM_MAC, GW_MAC, from, to, b"q"));
+    let (_, ip, data) = parse_ipv4(&one_frame(&mut gateway));
+    assert_eq!(ip.next_header, IpProtocol::Icmp);
+    let icmp = Icmpv4Packet::new_checked(&data[..]).unwrap();
+    assert_eq!((icmp.msg_type().into(), icmp.msg_code()), (3u8, 3));
+}
+
+#[test]
+fn nat_udp_answers_only_from_contacted_peers() {
+    let now = Instant::now();
+    let mut gateway = nat_gateway(now);
+    let from = SocketAddrV4::new(VM_IP, 5000);
+    let to = SocketAddrV4::new(INTERNET, 7);
+    gateway.handle_frame(now, &udp_frame(VM_MAC, GW_MAC, from, to, b"hello"));
+    let nat = gateway.nat_mut().unwrap();
+    let Some(NatAction::UdpSend {
+        flow,
+        to: host,
+        payload,
+    }) = nat.poll_action()
+    else {
+        panic!("expected a UDP send");
+    };
+    assert_eq!((host, payload.as_slice()), (to, &b"hello"[..]));
+    nat.handle_udp_datagram(now, flow, to, b"world");
+    nat.handle_udp_datagram(now, flow, SocketAddrV4::new(INTERNET, 9), b"spoof");
+    let (_, ip, udp, data) = parse_udp(&one_frame(&mut gateway));
+    assert_eq!(
+        (ip.src_addr, udp.src_port, udp.dst_port),
+        (INTERNET, 7, 5000)
+    );
+    assert_eq!(data, b"world");
+    assert_eq!(gateway.nat().unwrap().stats().unsolicited, 1);
+    // Idle flows go, and the driver is told.
+    gateway.handle_timeout(now + Duration::from_secs(200));
+    let nat = gateway.nat_mut().unwrap();
+    assert_eq!(nat.poll_action(), Some(NatAction::Close { flow }));
+    assert_eq!(nat.stats().flows_active, [0, 0, 0]);
+}
+
+#[test]
+fn nat_ping_reply_keeps_the_vms_identifier() {
+    let now = Instant::now();
+    let mut gateway = nat_gateway(now);
+    // The gateway ping fixture, re-addressed to the internet host.
+    let request = Icmpv4Repr::EchoRequest {
+        ident: 0x1234,
+        seq_no: 7,
+        data: b"abcdefgh",
+    };
+    let ip = Ipv4Repr {
+        src_addr: VM_IP,
+        dst_addr: INTERNET,
+        next_header: IpProtocol::Icmp,
+        payload_len: request.buffer_len(),
+        hop_limit: 64,
+    };
+    let mut frame = vec![0; 14 + 20 + request.buffer_len()];
+    let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
+    EthernetRepr {
+        src_addr: VM_MAC,
+        dst_addr: GW_MAC,
+        ethertype: EthernetProtocol::Ipv4,
+    }
+    .emit(&mut eth);
+    let mut packet = Ipv4Packet::new_unchecked(eth.payload_mut());
+    ip.emit(&mut packet, &ChecksumCapabilities::default());
+    request.emit(
+        &mut Icmpv4Packet::new_unchecked(packet.payload_mut()),
+        &ChecksumCapabilities::default(),
+    );
+    gateway.handle_frame(now, &frame);
+    let nat = gateway.nat_mut().unwrap();
+    let Some(NatAction::PingSend { flow, to, seq, .. }) = nat.poll_action() else {
+        panic!("expected a ping");
+    };
+    assert_eq!((to, seq), (INTERNET, 7));
+    nat.handle_ping_reply(now, flow, 7, b"abcdefgh");
+    let (_, ip, data) = parse_ipv4(&one_frame(&mut gateway));
+    assert_eq!(ip.src_addr, INTERNET);
+    let packet = Icmpv4Packet::new_checked(&data[..]).unwrap();
+    let reply = Icmpv4Repr::parse(&packet, &ChecksumCapabilities::default()).unwrap();
+    assert_eq!(
+        reply,
+        Icmpv4Repr::EchoReply {
+            ident: 0x1234,
+            seq_no: 7,
+            data: b"abcdefgh"
+        }
+    );
+}
