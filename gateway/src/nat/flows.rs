@@ -87,7 +87,7 @@ impl Flow {
 
 #[derive(Debug)]
 pub(super) struct VmUsage {
-    pub(super) flows: [usize; 3],
+    pub(super) flows: [usize; NatProtocol::COUNT],
     pub(super) tokens: f64,
     pub(super) refilled: Instant,
 }
@@ -159,7 +159,7 @@ impl Nat {
         }
         let rate = f64::from(self.config.new_flows_per_sec.max(1));
         let usage = self.usage.entry(vm).or_insert(VmUsage {
-            flows: [0; 3],
+            flows: [0; NatProtocol::COUNT],
             tokens: rate * 2.0,
             refilled: now,
         });
@@ -168,7 +168,7 @@ impl Nat {
             NatProtocol::Udp => self.config.max_udp_flows_per_vm,
             NatProtocol::Icmp => self.config.max_ping_flows_per_vm,
         };
-        if usage.flows[protocol as usize] >= limit {
+        if usage.flows[protocol.index()] >= limit {
             return Err(DenyReason::Limit);
         }
         let elapsed = now.saturating_duration_since(usage.refilled).as_secs_f64();
@@ -190,7 +190,7 @@ impl Nat {
             last_active: now,
             dirty: false,
         };
-        let protocol = entry.protocol() as usize;
+        let protocol = entry.protocol().index();
         self.stats.flows_started[protocol] += 1;
         self.stats.flows_active[protocol] += 1;
         if let Some(usage) = self.usage.get_mut(&vm_ip) {
@@ -205,7 +205,7 @@ impl Nat {
         let Some(entry) = self.flows.remove(&flow) else {
             return;
         };
-        let protocol = entry.protocol() as usize;
+        let protocol = entry.protocol().index();
         self.stats.flows_active[protocol] -= 1;
         if let Some(usage) = self.usage.get_mut(&entry.vm_ip) {
             usage.flows[protocol] = usage.flows[protocol].saturating_sub(1);
@@ -282,7 +282,7 @@ impl Nat {
         self.stats.dns_tcp_connections = self.dns_conns.len();
         let rate = f64::from(self.config.new_flows_per_sec.max(1));
         self.usage.retain(|_, usage| {
-            usage.flows != [0; 3]
+            usage.flows != [0; NatProtocol::COUNT]
                 || usage.tokens + now.saturating_duration_since(usage.refilled).as_secs_f64() * rate
                     < rate * 2.0
         });

@@ -168,9 +168,9 @@ pub enum NatAction {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NatStats {
     /// Flows started, by [`NatProtocol`] index (tcp, udp, icmp).
-    pub flows_started: [u64; 3],
+    pub flows_started: [u64; NatProtocol::COUNT],
     /// Gauge: live flows by protocol.
-    pub flows_active: [usize; 3],
+    pub flows_active: [usize; NatProtocol::COUNT],
     pub denied: DenyCounts,
     /// Bytes from VMs to hosts and back (TCP and UDP payload, ping data).
     pub bytes_out: u64,

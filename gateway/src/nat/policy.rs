@@ -4,23 +4,12 @@ use std::net::Ipv4Addr;
 
 use smoltcp::wire::Ipv4Cidr;
 
-/// Transport protocol of a NAT flow, as a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum NatProtocol {
-    Tcp,
-    Udp,
-    Icmp,
-}
-
-impl NatProtocol {
-    pub const ALL: [NatProtocol; 3] = [NatProtocol::Tcp, NatProtocol::Udp, NatProtocol::Icmp];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NatProtocol::Tcp => "tcp",
-            NatProtocol::Udp => "udp",
-            NatProtocol::Icmp => "icmp",
-        }
+labels::label_enum! {
+    /// Transport protocol of a NAT flow, as a metric label.
+    pub enum NatProtocol {
+        Tcp => "tcp",
+        Udp => "udp",
+        Icmp => "icmp",
     }
 }
 
@@ -45,57 +34,24 @@ impl PolicyRule {
     }
 }
 
-/// Why a connection was refused; a bounded metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DenyReason {
-    Loopback,
-    Private,
-    Cgnat,
-    LinkLocal,
-    Multicast,
-    /// 0.0.0.0/8, 240.0.0.0/4 and broadcast: nothing a VM can reach.
-    Reserved,
-    /// One of the relay host's own addresses.
-    HostAddress,
-    /// A TCP port on the denied list (25 by default).
-    Port,
-    /// A `deny` rule of the config.
-    DenyRule,
-    /// Over the VM's flow or connection-rate limit.
-    Limit,
-}
-
-impl DenyReason {
-    pub const ALL: [DenyReason; 10] = [
-        DenyReason::Loopback,
-        DenyReason::Private,
-        DenyReason::Cgnat,
-        DenyReason::LinkLocal,
-        DenyReason::Multicast,
-        DenyReason::Reserved,
-        DenyReason::HostAddress,
-        DenyReason::Port,
-        DenyReason::DenyRule,
-        DenyReason::Limit,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DenyReason::Loopback => "loopback",
-            DenyReason::Private => "private",
-            DenyReason::Cgnat => "cgnat",
-            DenyReason::LinkLocal => "link_local",
-            DenyReason::Multicast => "multicast",
-            DenyReason::Reserved => "reserved",
-            DenyReason::HostAddress => "host_address",
-            DenyReason::Port => "port",
-            DenyReason::DenyRule => "deny_rule",
-            DenyReason::Limit => "limit",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
+labels::label_enum! {
+    /// Why a connection was refused; a bounded metric label.
+    pub enum DenyReason {
+        Loopback => "loopback",
+        Private => "private",
+        Cgnat => "cgnat",
+        LinkLocal => "link_local",
+        Multicast => "multicast",
+        /// 0.0.0.0/8, 240.0.0.0/4 and broadcast: nothing a VM can reach.
+        Reserved => "reserved",
+        /// One of the relay host's own addresses.
+        HostAddress => "host_address",
+        /// A TCP port on the denied list (25 by default).
+        Port => "port",
+        /// A `deny` rule of the config.
+        DenyRule => "deny_rule",
+        /// Over the VM's flow or connection-rate limit.
+        Limit => "limit",
     }
 }
 
