@@ -161,6 +161,26 @@ impl IpLimiter {
         self
     }
 
+    /// New limits (a config reload). Open connections stay counted; every address's
+    /// new-connection bucket restarts full at the new rate, so a reload never refuses
+    /// anyone who was under the old limits.
+    pub fn set_limits(
+        &mut self,
+        max_connections_per_ip: u32,
+        new_per_sec: u32,
+        burst: u32,
+        max_lans_per_ip: u32,
+        now: Instant,
+    ) {
+        self.max_connections_per_ip = max_connections_per_ip;
+        self.new_per_sec = new_per_sec;
+        self.burst = burst;
+        self.max_lans_per_ip = max_lans_per_ip;
+        for entry in self.entries.values_mut() {
+            entry.new_connections = TokenBucket::new(u64::from(new_per_sec), u64::from(burst), now);
+        }
+    }
+
     /// Admits a new connection from `ip`, or says why not.
     pub fn try_admit(&mut self, ip: IpAddr, now: Instant) -> Result<Permit, Refusal> {
         let key = IpKey::of(ip);

@@ -10,6 +10,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Admission;
+pub use crate::admission::unix_now;
 use crate::config::Config;
 use crate::forward::{ForwardError, PortForwards};
 use crate::gateway_port::GatewayHooks;
@@ -20,7 +22,7 @@ use crate::gateway_port::upstream::Upstream;
 use crate::http::{AppState, admin, demo, metrics, tls};
 use crate::lan::LanRegistry;
 use crate::nat::{NatShared, PingMode};
-use crate::transport::TransportContext;
+use crate::transport::{ClientAddr, TransportContext};
 use crate::transport::webrtc::{self, WebRtcStartError};
 use crate::transport::webtransport::{self, WebTransportShared, WebTransportStartError};
 
@@ -54,6 +56,8 @@ pub enum StartError {
     WebRoot(String),
     #[error("{0}")]
     Tls(String),
+    #[error("config [auth]: {0}")]
+    Auth(String),
     #[error("{0}")]
     WebTransport(String),
     #[error("{0}")]
@@ -183,15 +187,17 @@ impl Relay {
             Ok(None) => None,
             Err(problem) => return Err(StartError::Tls(problem)),
         };
-        let ctx = Arc::new(TransportContext {
-            config,
-            lans: lans.clone(),
-            shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-        });
+        let admission = Admission::new(&config).map_err(StartError::Auth)?;
+        if !admission.auth_enabled() && !config.server.listen.ip().is_loopback() {
+            tracing::warn!(
+                "auth is off and --listen {} is not loopback: anyone who reaches it can join any LAN; set [auth] secrets (see docs/operations.md)",
+                config.server.listen
+            );
+        }
+        let ctx = Arc::new(TransportContext::new(config, lans.clone(), admission));
         let servers = TaskTracker::new();
-        let listener = bind(ctx.config.server.listen, "server.listen", "listen").await?;
-        let listen_addr = listener.local_addr().unwrap_or(ctx.config.server.listen);
+        let listener = bind(ctx.config().server.listen, "server.listen", "listen").await?;
+        let listen_addr = listener.local_addr().unwrap_or(ctx.config().server.listen);
         let webtransport_shared = Arc::new(WebTransportShared::default());
         let webtransport_addr =
             webtransport::start(&ctx, &webtransport_shared, listen_addr, &servers).await?;
@@ -205,7 +211,7 @@ impl Relay {
             listen_addr,
         });
         serve_clients(&servers, listener, tls, app.clone());
-        let metrics_addr = match ctx.config.server.metrics_listen {
+        let metrics_addr = match ctx.config().server.metrics_listen {
             Some(addr) => {
                 let sources = metrics::Sources {
                     lans: lans.clone(),
@@ -238,7 +244,7 @@ impl Relay {
         let ctx = &self.app.ctx;
         ctx.shutdown.cancel();
         ctx.tasks.close();
-        let grace = ctx.config.shutdown_grace();
+        let grace = ctx.config().shutdown_grace();
         let done = async {
             ctx.tasks.wait().await;
             self.servers.wait().await;
@@ -265,15 +271,15 @@ fn serve_clients(
         let serve = match tls {
             Some(acceptor) => {
                 let listener = tls::TlsListener::new(listener, acceptor, stop.clone());
-                axum::serve(listener, router)
+                let service = router.into_make_service_with_connect_info::<ClientAddr>();
+                axum::serve(listener, service)
                     .with_graceful_shutdown(async move { stop.cancelled().await })
                     .await
             }
             None => {
-                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                axum::serve(listener, router)
+                let listener = tls::PlainListener(listener);
+                let service = router.into_make_service_with_connect_info::<ClientAddr>();
+                axum::serve(listener, service)
                     .with_graceful_shutdown(async move { shutdown.cancelled().await })
                     .await
             }
@@ -294,7 +300,7 @@ async fn serve_metrics(
 ) -> Result<SocketAddr, StartError> {
     let listener = bind(addr, "server.metrics_listen", "metrics-listen").await?;
     let bound = listener.local_addr().unwrap_or(addr);
-    let admin_token = ctx.config.server.admin_token.clone();
+    let admin_token = ctx.config().server.admin_token.clone();
     if !addr.ip().is_loopback() && admin_token.is_none() {
         tracing::warn!(
             "the admin API on {addr} is refused until --admin-token is set (the listener is not loopback)"
@@ -331,7 +337,11 @@ fn spawn_housekeeping(
         loop {
             tokio::select! {
                 _ = sweeper.shutdown.cancelled() => break,
-                _ = tick.tick() => sweeper.lans.handle_timeouts(Instant::now()),
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    sweeper.lans.handle_timeouts(now);
+                    sweeper.admission.handle_timeout(now);
+                }
             }
         }
     });

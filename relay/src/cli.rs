@@ -23,12 +23,81 @@ pub struct Cli {
     /// Log filter (tracing syntax), e.g. `info` or `relay=debug`.
     #[arg(long, env = "V86_RELAY_LOG", default_value = "info", global = true)]
     pub log: String,
+    /// Log lines as `text`, or `json` (one object per line; join, refusal and leave
+    /// records carry their fields, for an audit trail).
+    #[arg(long, env = "V86_RELAY_LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach a host TAP device to a LAN of a running relay.
     Tap(TapArgs),
+    /// Print a join token signed with the first of `[auth] secrets`.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The LAN it joins: a name, or a prefix ending in `*` (`physics-*`).
+    #[arg(long)]
+    pub lan: String,
+    /// How long it is valid, e.g. `2h`, `30m`, `90s`, `7d`.
+    #[arg(long, default_value = "2h", value_parser = parse_ttl)]
+    pub ttl: std::time::Duration,
+    /// Who it is for; shown in logs and the admin API.
+    #[arg(long)]
+    pub sub: Option<String>,
+    /// `teacher`: what the admin token allows, for this LAN only.
+    #[arg(long)]
+    pub role: Option<String>,
+    /// TOML config file holding `[auth] secrets`.
+    #[arg(long, env = "V86_RELAY_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// `90s`, `30m`, `2h`, `7d`, or plain seconds.
+fn parse_ttl(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration: write e.g. 90s, 30m, 2h or 7d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("`{text}`: the unit must be s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+impl TokenArgs {
+    /// The token, or what is missing to make one.
+    pub fn mint(&self, now_unix: u64) -> Result<String, String> {
+        let config = match &self.config {
+            Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+            None => Config::default(),
+        };
+        config.validate().map_err(|e| e.to_string())?;
+        crate::shared::check_lan_pattern(&self.lan)?;
+        let secret = config.auth.minting_secret().ok_or(
+            "no [auth] secrets in the config: add one (openssl rand -base64 48) and pass --config",
+        )?;
+        let mut claims = admission::Claims::new(self.lan.clone(), now_unix, self.ttl);
+        claims.sub = self.sub.clone();
+        claims.role = self.role.clone();
+        Ok(admission::mint_hs256(secret, &claims))
+    }
 }
 
 /// Flags of the relay itself. Each overrides the same key of the config file.

@@ -1,6 +1,6 @@
 use clap::Parser;
 use relay::Relay;
-use relay::cli::{Cli, Command};
+use relay::cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -12,7 +12,26 @@ fn main() -> std::process::ExitCode {
         );
         EnvFilter::new("info")
     });
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    match cli.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_env_filter(filter)
+            .init(),
+    }
+    if let Some(Command::Token(args)) = &cli.command {
+        return match args.mint(relay::app::unix_now()) {
+            Ok(token) => {
+                println!("{token}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(problem) => {
+                eprintln!("v86-relay token: {problem}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -23,6 +42,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Some(Command::Tap(args)) => relay::tap::run(args).await,
+            Some(Command::Token(_)) => Ok(()),
             None => serve(cli.serve).await,
         }
     });

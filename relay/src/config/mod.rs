@@ -3,6 +3,7 @@
 //! Every section's types and checks live here and import only the shared types and the
 //! sans-IO crates, so every later layer can read a `Config` and none is needed to build one.
 
+mod auth;
 mod nat;
 mod network;
 mod port_forward;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use nat::NatSection;
+pub use auth::AuthSection;
 pub(crate) use nat::core_config;
 pub(crate) use network::NetworkTables;
 pub(crate) use port_forward::{ForwardProtocol, ForwardTarget, PortForwardRule};
@@ -45,6 +47,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Internet access for the VMs (see `crate::nat`).
     pub nat: NatSection,
+    /// Join tokens; off unless keys are given.
+    pub auth: AuthSection,
 }
 
 /// A configuration mistake, worded for the person who made it.
@@ -63,6 +67,8 @@ pub enum ConfigError {
     Network { section: String, problem: String },
     #[error("config [nat]: {0}")]
     Nat(String),
+    #[error("config [auth]: {0}")]
+    Auth(String),
     #[error("config key `{key}` = {value}: {problem}; {fix}")]
     Invalid {
         key: &'static str,

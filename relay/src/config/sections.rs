@@ -37,6 +37,9 @@ pub struct ServerConfig {
     pub web_root: Option<PathBuf>,
     /// Page origins allowed to open sessions; empty allows any.
     pub allowed_origins: Vec<String>,
+    /// Reverse proxies (CIDRs) whose `X-Forwarded-For` names the client; anyone else's
+    /// header is ignored.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -47,6 +50,15 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     pub max_ports_per_lan: usize,
     pub max_lans: usize,
+    /// Open connections from one client address, over every transport together. A whole
+    /// school often sits behind one address, hence the generous default.
+    pub max_connections_per_ip: u32,
+    /// New connections per second from one address (a token bucket) ...
+    pub new_connections_per_ip_per_sec: u32,
+    /// ... with bursts of this many.
+    pub new_connections_per_ip_burst: u32,
+    /// LANs one address has created that still exist.
+    pub max_lans_per_ip: u32,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -74,6 +86,7 @@ impl Default for ServerConfig {
             admin_token: None,
             web_root: None,
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -86,6 +99,10 @@ impl Default for LimitsConfig {
             max_connections: 20_000,
             max_ports_per_lan: 1024,
             max_lans: 10_000,
+            max_connections_per_ip: 256,
+            new_connections_per_ip_per_sec: 50,
+            new_connections_per_ip_burst: 200,
+            max_lans_per_ip: 64,
         }
     }
 }

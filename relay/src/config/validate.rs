@@ -26,7 +26,32 @@ impl Config {
         self.check_nat()?;
         self.check_transports()?;
         self.check_origins()?;
+        self.check_admission()?;
         self.check_networks()
+    }
+
+    fn check_admission(&self) -> Result<(), ConfigError> {
+        self.auth.verifier().map_err(ConfigError::Auth)?;
+        if let Err(e) = admission::TrustedProxies::parse(&self.server.trusted_proxies) {
+            return invalid(
+                "server.trusted_proxies",
+                format!("{:?}", self.server.trusted_proxies),
+                "not a list of CIDRs",
+                format!("{e}; write e.g. [\"127.0.0.1/32\", \"10.0.0.0/8\"]"),
+            );
+        }
+        let l = &self.limits;
+        for (key, value) in [
+            ("limits.max_connections_per_ip", l.max_connections_per_ip),
+            ("limits.new_connections_per_ip_per_sec", l.new_connections_per_ip_per_sec),
+            ("limits.new_connections_per_ip_burst", l.new_connections_per_ip_burst),
+            ("limits.max_lans_per_ip", l.max_lans_per_ip),
+        ] {
+            if value == 0 {
+                return invalid(key, 0, "nobody could join", "set at least 1 (see config.example.toml for the defaults)");
+            }
+        }
+        Ok(())
     }
 
     fn check_limits(&self) -> Result<(), ConfigError> {

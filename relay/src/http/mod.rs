@@ -13,16 +13,20 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::admission::JoinRequest;
 use crate::gateway_port::leases::LeaseStore;
-use crate::shared::lan_from_path;
+use crate::shared::{Transport, lan_from_path};
 use crate::transport::webrtc::WebRtc;
 use crate::transport::webtransport::WebTransportShared;
-use crate::transport::{TransportContext, bad_request, forbidden_origin, websocket};
+use crate::transport::{
+    ClientAddr, TransportContext, bad_request, forbidden_origin, header_str, query_param, refused_response,
+    websocket,
+};
 
 /// What the client router's handlers share.
 #[derive(Debug)]
@@ -56,6 +60,7 @@ pub(crate) fn client_router(app: Arc<AppState>) -> Router {
 /// demo page.
 async fn join(
     State(app): State<Arc<AppState>>,
+    ConnectInfo(ClientAddr(peer)): ConnectInfo<ClientAddr>,
     uri: Uri,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -71,13 +76,28 @@ async fn join(
         return demo::landing(&app).await;
     }
     let origin = headers.get(header::ORIGIN).map(|o| o.as_bytes());
-    if let Err(refused) = app.ctx.config.check_origin(origin) {
+    if let Err(refused) = app.ctx.config().check_origin(origin) {
         return forbidden_origin(&refused);
     }
-    match ws {
-        Ok(ws) => websocket::upgrade(app.ctx.clone(), lan, ws),
-        Err(rejection) => bad_request(format!(
-            "{rejection}: /lan/{lan} is a WebSocket endpoint; connect with ws://"
-        )),
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return bad_request(format!(
+                "{rejection}: /lan/{lan} is a WebSocket endpoint; connect with ws://"
+            ));
+        }
+    };
+    let token = query_param(uri.query(), "token");
+    let request = JoinRequest {
+        peer: peer.ip(),
+        x_forwarded_for: header_str(&headers, "x-forwarded-for"),
+        forwarded: header_str(&headers, "forwarded"),
+        lan: &lan,
+        token: token.as_deref(),
+        transport: Transport::WebSocket,
+    };
+    match app.ctx.admit(&request) {
+        Ok(admitted) => websocket::upgrade(app.ctx.clone(), lan, ws, admitted),
+        Err(refused) => refused_response(&refused),
     }
 }

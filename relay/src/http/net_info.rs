@@ -45,7 +45,7 @@ fn host_only(authority: &str) -> Option<String> {
 
 /// Builds the answer for `lan`, reached as `host` (no port).
 pub(crate) fn build(app: &AppState, lan: &LanName, host: &str, http_port: u16) -> NetInfo {
-    let tls = app.ctx.config.tls.enabled();
+    let tls = app.ctx.config().tls.enabled();
     let (ws, http) = if tls {
         ("wss", "https")
     } else {

@@ -1,6 +1,7 @@
 //! `--tls-cert/--tls-key`: one real certificate for every transport. WebTransport serves it
 //! instead of a self-signed one, and the `--listen` port speaks `https://` and `wss://`
-//! (rustls), so a page on HTTPS reaches the relay without a separate proxy.
+//! (rustls), so a page on HTTPS reaches the relay without a separate proxy. The plain
+//! listener is here too: both give handlers the client's address.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -120,5 +121,48 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for crate::transport::ClientAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        crate::transport::ClientAddr(*stream.remote_addr())
+    }
+}
+
+/// The plain client listener: TCP with `TCP_NODELAY`, since frames are small and latency
+/// matters more than segment count.
+#[derive(Debug)]
+pub(crate) struct PlainListener(pub(crate) TcpListener);
+
+impl axum::serve::Listener for PlainListener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    return (stream, addr);
+                }
+                // Out of file descriptors and the like: wait rather than spin.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PlainListener>>
+    for crate::transport::ClientAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, PlainListener>) -> Self {
+        crate::transport::ClientAddr(*stream.remote_addr())
     }
 }

@@ -41,6 +41,16 @@ impl fmt::Display for LanName {
     }
 }
 
+/// A token's `lan` claim as an operator types it: a LAN name, or a prefix of one ending in
+/// `*` (`physics-*`; `*` alone is every LAN).
+pub(crate) fn check_lan_pattern(pattern: &str) -> Result<(), String> {
+    let name = pattern.strip_suffix('*').unwrap_or(pattern);
+    if name.is_empty() && pattern == "*" {
+        return Ok(());
+    }
+    LanName::new(name).map(|_| ()).map_err(|e| e.to_string())
+}
+
 /// The LAN a join path names: `/` (LAN `default`) or `/lan/NAME`, query ignored; `None`
 /// for any other path. WebSocket and WebTransport sessions use the same paths.
 pub(crate) fn lan_from_path(path: &str) -> Option<Result<LanName, InvalidLanName>> {

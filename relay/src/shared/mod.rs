@@ -7,7 +7,7 @@
 mod lan_name;
 pub(crate) mod metrics;
 
-pub(crate) use lan_name::{LanName, lan_from_path};
+pub(crate) use lan_name::{LanName, check_lan_pattern, lan_from_path};
 
 /// Largest Ethernet frame v86 can produce: virtio allows a 65535-byte MTU plus the header.
 pub const MAX_FRAME_SIZE_LIMIT: usize = 65535 + ETHERNET_HEADER_LEN;

@@ -10,13 +10,16 @@ pub(crate) mod webrtc;
 pub(crate) mod websocket;
 pub(crate) mod webtransport;
 
+use std::borrow::Cow;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{Admission, Admitted, JoinRequest, Refused, audit_refused};
 use crate::config::{Config, OriginRefused};
 use crate::lan::LanRegistry;
 
@@ -24,13 +27,79 @@ use crate::lan::LanRegistry;
 /// shutdown signal and the tracker that shutdown waits on.
 #[derive(Debug)]
 pub(crate) struct TransportContext {
-    pub(crate) config: Config,
+    /// The running config; a reload swaps it, and new sessions see the new one.
+    config: std::sync::RwLock<Arc<Config>>,
     pub(crate) lans: Arc<LanRegistry>,
     /// Cancelled once on SIGTERM/SIGINT: connections close with 1001.
     pub(crate) shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub(crate) tasks: TaskTracker,
+    /// Tokens and per-address limits, checked before every join.
+    pub(crate) admission: Arc<Admission>,
 }
+
+impl TransportContext {
+    pub(crate) fn new(
+        config: Config,
+        lans: Arc<LanRegistry>,
+        admission: Arc<Admission>,
+    ) -> Self {
+        TransportContext {
+            config: std::sync::RwLock::new(Arc::new(config)),
+            lans,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            admission,
+        }
+    }
+
+    /// The config now (a reload may replace it at any time).
+    pub(crate) fn config(&self) -> Arc<Config> {
+        match self.config.read() {
+            Ok(config) => config.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Puts a validated config in effect for what reads it from now on.
+    pub(crate) fn set_config(&self, config: Config) {
+        if let Ok(mut current) = self.config.write() {
+            *current = Arc::new(config);
+        }
+    }
+
+    /// Admission for one join; a refusal is written to the audit log here, once for every
+    /// transport.
+    pub(crate) fn admit(&self, request: &JoinRequest<'_>) -> Result<Admitted, Refused> {
+        self.admission.admit(request, Instant::now()).inspect_err(|refused| {
+            let client = self.admission.client_ip(request);
+            audit_refused(client, request.transport, request.lan, refused.reason.as_str());
+        })
+    }
+}
+
+/// 401 or 429 (before any upgrade) with the reason on one line.
+pub(crate) fn refused_response(refused: &Refused) -> Response {
+    let status = StatusCode::from_u16(refused.status).unwrap_or(StatusCode::FORBIDDEN);
+    (status, format!("{}\n", refused.message)).into_response()
+}
+
+/// A header's value as text, when it is present and text.
+pub(crate) fn header_str<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The value of `name` in a URL query (`a=1&token=xyz`), percent-decoded.
+pub(crate) fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<Cow<'a, str>> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value)
+}
+
+/// The TCP peer of an HTTP request, as `ConnectInfo<ClientAddr>`, on plain and TLS
+/// listeners alike (axum provides `ConnectInfo<SocketAddr>` for its own listener only).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ClientAddr(pub(crate) std::net::SocketAddr);
 
 /// 400 with the reason on one line.
 pub(crate) fn bad_request(reason: impl ToString) -> Response {

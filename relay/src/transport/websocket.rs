@@ -12,6 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::TransportContext;
+use crate::admission::{Admitted, Session};
 use crate::lan::{Port, PortCounters, PortReceiver};
 use crate::shared::{DropReason, LanName, Transport};
 
@@ -23,8 +24,13 @@ const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 const WRITE_BATCH: usize = 64;
 
 /// Upgrades an HTTP request to a WebSocket client of LAN `lan`.
-pub(crate) fn upgrade(app: Arc<TransportContext>, lan: LanName, ws: WebSocketUpgrade) -> Response {
-    let config = &app.config;
+pub(crate) fn upgrade(
+    app: Arc<TransportContext>,
+    lan: LanName,
+    ws: WebSocketUpgrade,
+    admitted: Admitted,
+) -> Response {
+    let config = app.config();
     let max_frame = config.limits.max_frame_size;
     let tracker = app.tasks.clone();
     ws.read_buffer_size(config.websocket.read_buffer_bytes)
@@ -33,11 +39,11 @@ pub(crate) fn upgrade(app: Arc<TransportContext>, lan: LanName, ws: WebSocketUpg
         // the connection stays open; beyond this the message is refused outright.
         .max_message_size(max_frame + 64 * 1024)
         .max_frame_size(max_frame + 64 * 1024)
-        .on_upgrade(move |socket| tracker.track_future(serve(app, lan, socket)))
+        .on_upgrade(move |socket| tracker.track_future(serve(app, lan, socket, admitted)))
         .into_response()
 }
 
-async fn serve(app: Arc<TransportContext>, lan: LanName, mut socket: WebSocket) {
+async fn serve(app: Arc<TransportContext>, lan: LanName, mut socket: WebSocket, admitted: Admitted) {
     let (port, queue) = match app.lans.join(&lan, Transport::WebSocket) {
         Ok(joined) => joined,
         Err(refused) => {
@@ -50,7 +56,7 @@ async fn serve(app: Arc<TransportContext>, lan: LanName, mut socket: WebSocket) 
             return;
         }
     };
-    tracing::debug!(%lan, port = %port.id(), "websocket client joined");
+    let _session = Session::joined(admitted, &port);
     let (sink, stream) = socket.split();
     let stop = app.shutdown.child_token();
     let base = Instant::now();
@@ -66,7 +72,6 @@ async fn serve(app: Arc<TransportContext>, lan: LanName, mut socket: WebSocket) 
     read_loop(stream, &port, &app, &stop, base, &last_heard).await;
     stop.cancel();
     let _ = writer.await;
-    tracing::debug!(%lan, port = %port.id(), "websocket client left");
 }
 
 async fn read_loop(
@@ -77,7 +82,7 @@ async fn read_loop(
     base: Instant,
     last_heard: &AtomicU64,
 ) {
-    let idle_timeout = app.config.idle_timeout();
+    let idle_timeout = app.config().idle_timeout();
     loop {
         let heard = base + Duration::from_millis(last_heard.load(Relaxed));
         let message = tokio::select! {
@@ -110,7 +115,7 @@ async fn write_loop(
     stop: CancellationToken,
     counters: Arc<PortCounters>,
 ) {
-    let interval = app.config.ping_interval();
+    let interval = app.config().ping_interval();
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     loop {
         tokio::select! {

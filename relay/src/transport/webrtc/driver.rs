@@ -15,17 +15,24 @@ use tokio::sync::mpsc;
 use webrtc_gw::{Event, Gateway, OfferError, PeerId, SendOutcome};
 
 use super::{Command, RECV_BATCH, SEND_BATCH};
+use crate::admission::Session;
 use crate::lan::Port;
 use crate::shared::Transport;
 use crate::transport::TransportContext;
 
 type FrameStream = Pin<Box<dyn Stream<Item = (PeerId, Bytes)> + Send>>;
 
+/// A connected browser: its LAN port and its session's audit record, which ends with it.
+struct Peer {
+    port: Port,
+    _session: Session,
+}
+
 pub(super) struct Driver {
     app: Arc<TransportContext>,
     gateway: Gateway,
     socket: UdpSocket,
-    ports: HashMap<PeerId, Port>,
+    ports: HashMap<PeerId, Peer>,
     /// Every peer's LAN queue, tagged with the peer; a queue ends when its port leaves.
     outgoing: SelectAll<FrameStream>,
     commands: mpsc::Receiver<Command>,
@@ -97,6 +104,7 @@ impl Driver {
         let Command::Offer {
             lan,
             sdp,
+            admitted,
             candidate,
             reply,
         } = command;
@@ -125,12 +133,19 @@ impl Driver {
         let stream = futures_util::stream::poll_fn(move |cx| queue.poll_recv(cx))
             .map(move |frame| (peer, frame));
         self.outgoing.push(Box::pin(stream));
-        self.ports.insert(peer, port);
+        let session = Session::joined(admitted, &port);
+        self.ports.insert(
+            peer,
+            Peer {
+                port,
+                _session: session,
+            },
+        );
         let _ = reply.send(Ok(answer));
     }
 
     fn send(&mut self, peer: PeerId, frame: Bytes) {
-        let Some(port) = self.ports.get(&peer) else {
+        let Some(Peer { port, .. }) = self.ports.get(&peer) else {
             return;
         };
         let counters = port.counters();
@@ -150,14 +165,14 @@ impl Driver {
         while let Some(event) = self.gateway.poll_event() {
             match event {
                 Event::Frame(peer, frame) => {
-                    if let Some(port) = self.ports.get(&peer) {
+                    if let Some(Peer { port, .. }) = self.ports.get(&peer) {
                         port.ingress(Instant::now(), Bytes::from(frame));
                     }
                 }
                 Event::Open(peer) => tracing::debug!(%peer, "WebRTC DataChannel open"),
                 Event::Closed(peer, reason) => {
                     // Dropping the port leaves the LAN; its queue then ends its stream.
-                    if let Some(port) = self.ports.remove(&peer) {
+                    if let Some(Peer { port, .. }) = self.ports.remove(&peer) {
                         tracing::debug!(%peer, port = %port.id(), ?reason, "WebRTC peer left");
                     }
                 }

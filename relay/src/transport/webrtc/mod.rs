@@ -54,6 +54,8 @@ enum Command {
     Offer {
         lan: LanName,
         sdp: String,
+        /// Admission granted on the HTTP side; the session's audit record.
+        admitted: crate::admission::Admitted,
         candidate: SocketAddr,
         reply: oneshot::Sender<Result<String, (StatusCode, String)>>,
     },
@@ -152,17 +154,17 @@ pub(crate) async fn start(
     app: &Arc<TransportContext>,
 ) -> Result<Option<Arc<WebRtc>>, WebRtcStartError> {
     // Validated at start-up already; `off` is the only other outcome.
-    let Ok(Some(addrs)) = app.config.webrtc_addrs() else {
+    let Ok(Some(addrs)) = app.config().webrtc_addrs() else {
         return Ok(None);
     };
-    let socket = bind(addrs.listen, app.config.webrtc.socket_buffer_bytes).map_err(|source| {
+    let socket = bind(addrs.listen, app.config().webrtc.socket_buffer_bytes).map_err(|source| {
         WebRtcStartError::Bind {
             addr: addrs.listen,
             source,
         }
     })?;
     let local_addr = socket.local_addr().unwrap_or(addrs.listen);
-    let gateway = Gateway::new(gateway_config(&app.config))?;
+    let gateway = Gateway::new(gateway_config(&app.config()))?;
     let stats = gateway.stats();
     let (commands, command_rx) = mpsc::channel(64);
     let peers = Arc::new(std::sync::atomic::AtomicUsize::new(0));

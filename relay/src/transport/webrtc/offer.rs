@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes as BodyBytes;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -14,8 +14,9 @@ use tokio::sync::oneshot;
 
 use super::{Command, MAX_OFFER_BYTES, OFFER_PATH, WebRtc};
 use crate::config::{Config, OriginRefused};
-use crate::shared::LanName;
-use crate::transport::{TransportContext, forbidden_origin};
+use crate::admission::JoinRequest;
+use crate::shared::{LanName, Transport};
+use crate::transport::{ClientAddr, TransportContext, forbidden_origin, header_str};
 
 /// What the offer routes share.
 #[derive(Debug)]
@@ -36,6 +37,7 @@ pub(crate) fn router(app: Arc<TransportContext>, rtc: Option<Arc<WebRtc>>) -> Ro
 #[derive(Debug, serde::Deserialize)]
 struct OfferQuery {
     lan: Option<String>,
+    token: Option<String>,
 }
 
 /// Checks the page's origin against `--allowed-origins`. Requests without an Origin come
@@ -56,7 +58,7 @@ fn with_cors(mut response: Response, origin: HeaderValue) -> Response {
 }
 
 async fn preflight(State(state): State<Arc<OfferState>>, headers: HeaderMap) -> Response {
-    let origin = match check_origin(&state.app.config, &headers) {
+    let origin = match check_origin(&state.app.config(), &headers) {
         Ok(origin) => origin,
         Err(refused) => return forbidden_origin(&refused),
     };
@@ -79,15 +81,16 @@ async fn preflight(State(state): State<Arc<OfferState>>, headers: HeaderMap) -> 
 
 async fn offer(
     State(state): State<Arc<OfferState>>,
+    ConnectInfo(ClientAddr(peer)): ConnectInfo<ClientAddr>,
     Query(query): Query<OfferQuery>,
     headers: HeaderMap,
     body: BodyBytes,
 ) -> Response {
-    let origin = match check_origin(&state.app.config, &headers) {
+    let origin = match check_origin(&state.app.config(), &headers) {
         Ok(origin) => origin,
         Err(refused) => return forbidden_origin(&refused),
     };
-    let answer = answer_offer(&state, query, &headers, body).await;
+    let answer = answer_offer(&state, peer, query, &headers, body).await;
     let response = match answer {
         Ok(sdp) => ([(header::CONTENT_TYPE, "application/sdp")], sdp).into_response(),
         Err((status, reason)) => (status, format!("{reason}\n")).into_response(),
@@ -97,6 +100,7 @@ async fn offer(
 
 async fn answer_offer(
     state: &OfferState,
+    peer: SocketAddr,
     query: OfferQuery,
     headers: &HeaderMap,
     body: BodyBytes,
@@ -117,10 +121,23 @@ async fn answer_offer(
             "the body is not text: POST the offer's SDP (pc.localDescription.sdp)".into(),
         )
     })?;
+    let join = JoinRequest {
+        peer: peer.ip(),
+        x_forwarded_for: header_str(headers, "x-forwarded-for"),
+        forwarded: header_str(headers, "forwarded"),
+        lan: &lan,
+        token: query.token.as_deref(),
+        transport: Transport::WebRtc,
+    };
+    let admitted = state.app.admit(&join).map_err(|refused| {
+        let status = StatusCode::from_u16(refused.status).unwrap_or(StatusCode::FORBIDDEN);
+        (status, refused.message)
+    })?;
     let (reply, answer) = oneshot::channel();
     let command = Command::Offer {
         lan,
         sdp,
+        admitted,
         candidate: rtc.candidate(host_ip(headers)),
         reply,
     };
@@ -148,3 +165,4 @@ pub(super) fn host_ip(headers: &HeaderMap) -> Option<IpAddr> {
         .parse()
         .ok()
 }
+

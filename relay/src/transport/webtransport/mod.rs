@@ -78,7 +78,7 @@ fn server_config(app: &TransportContext, addr: SocketAddr, identity: Identity) -
         ServerConfig::builder()
             .with_bind_address(addr)
             .with_identity(identity.clone_identity())
-            .keep_alive_interval(Some(app.config.ping_interval()))
+            .keep_alive_interval(Some(app.config().ping_interval()))
     };
     match base().max_idle_timeout(Some(idle)) {
         Ok(builder) => builder.build(),
@@ -93,13 +93,13 @@ pub(crate) async fn start(
     tcp_listen: SocketAddr,
     servers: &TaskTracker,
 ) -> Result<Option<SocketAddr>, WebTransportStartError> {
-    let addr = match app.config.webtransport.listen {
+    let addr = match app.config().webtransport.listen {
         WebTransportListen::Off => return Ok(None),
         WebTransportListen::Addr(addr) => addr,
         // Same port number as the TCP listener (an ephemeral request stays ephemeral).
         WebTransportListen::SameAsListen => {
             let mut addr = tcp_listen;
-            if app.config.server.listen.port() == 0 {
+            if app.config().server.listen.port() == 0 {
                 addr.set_port(0);
             }
             addr
@@ -107,7 +107,7 @@ pub(crate) async fn start(
     };
     // A configured certificate is served as it is (a CA-signed one needs no pinning);
     // otherwise a self-signed one, rotated.
-    let configured = match app.config.tls.paths() {
+    let configured = match app.config().tls.paths() {
         Ok(Some((cert, key))) => Some(Identity::load_pemfiles(cert, key).await.map_err(|e| {
             WebTransportStartError::Certificate(format!(
                 "WebTransport cannot use --tls-cert {} / --tls-key {}: {e}",
@@ -153,7 +153,7 @@ async fn rotate_certificates(
     addr: SocketAddr,
     mut next: Identity,
 ) {
-    let period = Duration::from_secs(app.config.webtransport.cert_rotation_secs);
+    let period = Duration::from_secs(app.config().webtransport.cert_rotation_secs);
     loop {
         tokio::select! {
             _ = app.shutdown.cancelled() => return,

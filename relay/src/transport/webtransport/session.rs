@@ -12,9 +12,10 @@ use wtransport::endpoint::IncomingSession;
 use wtransport::{Connection, VarInt};
 
 use super::{CLOSE_SHUTDOWN, WebTransportStats};
+use crate::admission::{Admitted, JoinRequest, Session};
 use crate::lan::{Port, PortReceiver};
 use crate::shared::{Transport, lan_from_path};
-use crate::transport::TransportContext;
+use crate::transport::{TransportContext, query_param};
 
 pub(super) async fn run(
     app: Arc<TransportContext>,
@@ -22,22 +23,21 @@ pub(super) async fn run(
     incoming: IncomingSession,
     handshake_permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let Some((port, queue, connection)) = admit(&app, incoming).await else {
+    let Some((port, queue, connection, admitted)) = admit(&app, incoming).await else {
         return;
     };
     drop(handshake_permit);
-    let lan = port.lan_name().clone();
-    tracing::debug!(%lan, port = %port.id(), "webtransport client joined");
+    let _session = Session::joined(admitted, &port);
     pump(&app, &stats, &port, queue, &connection).await;
-    tracing::debug!(%lan, port = %port.id(), "webtransport client left");
 }
 
-/// The handshake, the Origin check and the join; `None` (the browser told why) when any
-/// of them fails.
+/// The handshake, the Origin check, admission and the join; `None` (the browser told why)
+/// when any of them fails. wtransport can answer only 403, 404 or 429, so a token refusal
+/// is a 403 here; its reason is counted and logged like every transport's.
 async fn admit(
     app: &TransportContext,
     incoming: IncomingSession,
-) -> Option<(Port, PortReceiver, Connection)> {
+) -> Option<(Port, PortReceiver, Connection, Admitted)> {
     let handshake = Duration::from_secs(10);
     let request = match tokio::time::timeout(handshake, incoming).await {
         Ok(Ok(request)) => request,
@@ -47,7 +47,7 @@ async fn admit(
         }
         Err(_) => return None,
     };
-    if let Err(refused) = app.config.check_origin(request.origin().map(str::as_bytes)) {
+    if let Err(refused) = app.config().check_origin(request.origin().map(str::as_bytes)) {
         tracing::debug!("webtransport session refused: {refused}");
         request.forbidden().await;
         return None;
@@ -64,6 +64,28 @@ async fn admit(
             return None;
         }
     };
+    let token = query_param(request.path().split_once('?').map(|(_, q)| q), "token")
+        .map(std::borrow::Cow::into_owned);
+    let headers = request.headers();
+    let join = JoinRequest {
+        peer: request.remote_address().ip(),
+        x_forwarded_for: headers.get("x-forwarded-for").map(String::as_str),
+        forwarded: headers.get("forwarded").map(String::as_str),
+        lan: &lan,
+        token: token.as_deref(),
+        transport: Transport::WebTransport,
+    };
+    let admitted = match app.admit(&join) {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            tracing::debug!(%lan, "webtransport session refused: {}", refused.message);
+            match refused.status {
+                429 => request.too_many_requests().await,
+                _ => request.forbidden().await,
+            }
+            return None;
+        }
+    };
     let (port, queue) = match app.lans.join(&lan, Transport::WebTransport) {
         Ok(joined) => joined,
         Err(refused) => {
@@ -73,7 +95,7 @@ async fn admit(
         }
     };
     match tokio::time::timeout(handshake, request.accept()).await {
-        Ok(Ok(connection)) => Some((port, queue, connection)),
+        Ok(Ok(connection)) => Some((port, queue, connection, admitted)),
         _ => None,
     }
 }
@@ -88,7 +110,7 @@ async fn pump(
 ) {
     let limits = ReassemblyLimits {
         max_frame_size: app.lans.max_frame_size(),
-        max_pending_bytes: app.config.webtransport.max_reassembly_bytes,
+        max_pending_bytes: app.config().webtransport.max_reassembly_bytes,
     };
     let mut reader = SessionReader::new(limits, stats.clone());
     let mut fragmenter = Fragmenter::new();
