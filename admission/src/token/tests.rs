@@ -27,6 +27,7 @@ const NONE_ALG: &str = "eyJhbGciOiAibm9uZSIsICJ0eXAiOiAiSldUIn0.eyJsYW4iOiAicGh5
 const HS_WITH_ED_PEM: &str = "eyJhbGciOiAiSFMyNTYiLCAidHlwIjogIkpXVCJ9.eyJsYW4iOiAicGh5c2ljcy0xMDEiLCAiZXhwIjogMjAwMDAwMDAwMCwgInN1YiI6ICJhbGljZSIsICJtYXhfcG9ydHMiOiAyLCAicmF0ZSI6ICIxME1iaXQiLCAicm9sZSI6ICJ0ZWFjaGVyIn0.DASkkDL4-VH-c-LvTiVtXQRadxA9V7NoJtX4hDa5Pls";
 const ED_VALID: &str = "eyJhbGciOiJFZERTQSIsInR5cCI6IkpXVCJ9.eyJsYW4iOiJwaHlzaWNzLTEwMSIsImV4cCI6MjAwMDAwMDAwMCwic3ViIjoiYWxpY2UiLCJtYXhfcG9ydHMiOjIsInJhdGUiOiIxME1iaXQiLCJyb2xlIjoidGVhY2hlciJ9.n6K3xeh2OqoYgHqr0fJHLEl5Nv8Ie2W7GoIccwBDGBsu_MYdJNlvI6C3wXRHTU6AA5u-kgcWvpOFxcH4qngHBw";
 const ES_VALID: &str = "eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCJ9.eyJsYW4iOiJwaHlzaWNzLTEwMSIsImV4cCI6MjAwMDAwMDAwMCwic3ViIjoiYWxpY2UiLCJtYXhfcG9ydHMiOjIsInJhdGUiOiIxME1iaXQiLCJyb2xlIjoidGVhY2hlciJ9.3l6G66PquafTQoUcU6Oyo0rDREdySDYDjrqzHwF-5qia1BRY2V602_Yw-PMhUVoeVcF0kRPw-cdXSZGnEugPHw";
+const ES_HIGH_S: &str = "eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCJ9.eyJsYW4iOiJwaHlzaWNzLTEwMSIsImV4cCI6MjAwMDAwMDAwMCwic3ViIjoiYWxpY2UiLCJtYXhfcG9ydHMiOjIsInJhdGUiOiIxME1iaXQiLCJyb2xlIjoidGVhY2hlciJ9.Ib8qWGUgEQmhbNP8qRbup_w4IbcmFOJNzviMtjkmhGrH2Sg8uZxwbMTkdgCsop_HMl94Sbapv8LhwaTHkq8cmA";
 const ED_PUB_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAA6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\n-----END PUBLIC KEY-----\n";
 const EC_PUB_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEbnAlhvzMCedc3M1x6kJlUOeR1jkS\nU5WOc1wBVlyYjTcu2FdFUN+tDXNPI3udr6z/P/8aGvcJ9a1XPzPPEB30KA==\n-----END PUBLIC KEY-----\n";
 const ED_PUB_B64: &str = "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=";
@@ -87,6 +88,11 @@ fn valid_eddsa_and_es256_tokens() {
     );
     assert_eq!(
         both.verify(Some(ES_VALID), "physics-101", NOW).unwrap(),
+        expected_claims()
+    );
+    // OpenSSL leaves s un-normalised; P-256 JWS verifiers must accept a high s.
+    assert_eq!(
+        both.verify(Some(ES_HIGH_S), "physics-101", NOW).unwrap(),
         expected_claims()
     );
     // Raw base64 forms of the same keys.
