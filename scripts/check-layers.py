@@ -28,11 +28,12 @@ RELAY_LAYERS = {
     "gateway_port": 5,
     "forward": 6,
     "http": 7,
-    "app": 8,
-    "cli": 8,
-    "tap": 9,
-    "lib": 10,
-    "main": 10,
+    "reload": 8,
+    "app": 9,
+    "cli": 9,
+    "tap": 10,
+    "lib": 11,
+    "main": 11,
 }
 
 GATEWAY_LAYERS = {

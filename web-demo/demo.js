@@ -117,9 +117,13 @@ import("./relay-client.js")
     for (const o of $("transport").options) if (o.value !== "websocket") o.title = "needs web-demo/relay-client.js";
   });
 
+// A relay with [auth] needs a join token: the page takes it from its own URL (?token=).
+const joinToken = new URLSearchParams(location.search).get("token");
+
 function wsUrl() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${location.host}/lan/${lanName()}`;
+  const query = joinToken ? `?token=${encodeURIComponent(joinToken)}` : "";
+  return `${scheme}//${location.host}/lan/${lanName()}${query}`;
 }
 
 // --- Boot.
@@ -154,7 +158,7 @@ $("controls").addEventListener("submit", async (ev) => {
   });
   demo.emulator = emulator;
   if (viaClient) {
-    relayClient.connect(emulator, { relay: location.origin, lan: lanName(), transport });
+    relayClient.connect(emulator, { relay: location.origin, lan: lanName(), transport, token: joinToken });
   }
 
   let line = "";

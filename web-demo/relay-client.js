@@ -141,10 +141,14 @@ function hexToBytes(hex) {
   return out;
 }
 
-/** GET /net/info for `lan` from the relay at `relay` (http(s)://HOST:PORT). */
-export async function netInfo(relay, lan = "default") {
+/**
+ * GET /net/info for `lan` from the relay at `relay` (http(s)://HOST:PORT). A join `token`
+ * (for a relay with [auth]) comes back on every transport's URL.
+ */
+export async function netInfo(relay, lan = "default", token = null) {
   const url = new URL("/net/info", relay);
   url.searchParams.set("lan", lan);
+  if (token) url.searchParams.set("token", token);
   const response = await fetch(url, { cache: "no-store" });
   if (!response.ok) {
     throw new Error(`${url}: ${response.status} ${(await response.text()).trim()}`);
@@ -306,6 +310,7 @@ const AUTO_ORDER = ["webtransport", "webrtc", "websocket"];
 export async function connect(emulator, options = {}) {
   const relay = options.relay || location.origin;
   const lan = options.lan || "default";
+  const token = options.token || null;
   const wanted = options.transport || "auto";
   const order = wanted === "auto" ? AUTO_ORDER : [wanted];
   if (!order.every((t) => OPENERS[t])) {
@@ -340,7 +345,7 @@ export async function connect(emulator, options = {}) {
   });
 
   async function open() {
-    const info = await netInfo(relay, lan);
+    const info = await netInfo(relay, lan, token);
     const errors = [];
     for (const kind of order) {
       try {

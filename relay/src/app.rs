@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::Admission;
@@ -22,9 +21,10 @@ use crate::gateway_port::upstream::Upstream;
 use crate::http::{AppState, admin, demo, metrics, tls};
 use crate::lan::LanRegistry;
 use crate::nat::{NatShared, PingMode};
-use crate::transport::{ClientAddr, TransportContext};
+use crate::reload::{ConfigSource, Reloader};
 use crate::transport::webrtc::{self, WebRtcStartError};
 use crate::transport::webtransport::{self, WebTransportShared, WebTransportStartError};
+use crate::transport::{ClientAddr, TransportContext};
 
 /// A running relay.
 #[derive(Debug)]
@@ -38,6 +38,7 @@ pub struct Relay {
     app: Arc<AppState>,
     /// Inbound port forwards; they stop with the relay.
     _forwards: Arc<PortForwards>,
+    reloader: Arc<Reloader>,
     servers: TaskTracker,
 }
 
@@ -114,7 +115,7 @@ fn nat_shared(
         );
     }
     Ok(Some(Arc::new(NatShared {
-        config: core,
+        config: std::sync::RwLock::new(core),
         connect_timeout: Duration::from_secs(config.nat.connect_timeout_secs),
         ping_mode,
         tasks: totals.nat_tasks.clone(),
@@ -127,6 +128,7 @@ struct Gateways {
     totals: Arc<GatewayTotals>,
     directory: Arc<GatewayDirectory>,
     forwards: Arc<PortForwards>,
+    nat: Option<Arc<NatShared>>,
 }
 
 async fn start_gateways(
@@ -141,6 +143,7 @@ async fn start_gateways(
         totals: Arc::default(),
         directory: Arc::default(),
         forwards: Arc::default(),
+        nat: None,
     };
     let nat = nat_shared(config, &gateways.totals)?;
     lans.set_hooks(Arc::new(GatewayHooks {
@@ -149,14 +152,14 @@ async fn start_gateways(
         leases: leases.clone(),
         totals: gateways.totals.clone(),
         gateways: gateways.stats.clone(),
-        nat,
+        nat: nat.clone(),
         directory: gateways.directory.clone(),
     }));
     for text in &config.nat.forwards {
         let forward = text.parse().map_err(StartError::Nat)?;
         gateways.forwards.add(forward, &gateways.directory).await?;
     }
-    Ok(gateways)
+    Ok(Gateways { nat, ..gateways })
 }
 
 async fn bind(
@@ -177,13 +180,24 @@ async fn bind(
 impl Relay {
     /// Binds the listeners and starts serving in the background.
     pub async fn start(config: Config) -> Result<Relay, StartError> {
+        Self::start_with_source(config, None).await
+    }
+
+    /// As [`Relay::start`], with where a reload reads the config again (SIGHUP,
+    /// `POST /admin/reload`).
+    pub async fn start_with_source(
+        config: Config,
+        source: Option<ConfigSource>,
+    ) -> Result<Relay, StartError> {
         let lans = LanRegistry::new(&config);
         let leases = Arc::new(LeaseStore::open(config.dhcp.state_file.as_deref())?);
         let gateways = start_gateways(&config, &lans, &leases).await?;
         let demo = demo::DemoFiles::locate(config.server.web_root.as_deref())
             .map_err(StartError::WebRoot)?;
         let tls = match config.tls.paths() {
-            Ok(Some((cert, key))) => Some(tls::load(cert, key).map_err(StartError::Tls)?),
+            Ok(Some((cert, key))) => Some(tls::TlsCell::new(
+                tls::load(cert, key).map_err(StartError::Tls)?,
+            )),
             Ok(None) => None,
             Err(problem) => return Err(StartError::Tls(problem)),
         };
@@ -210,10 +224,18 @@ impl Relay {
             webrtc: webrtc.clone(),
             listen_addr,
         });
-        serve_clients(&servers, listener, tls, app.clone());
+        serve_clients(&servers, listener, tls.clone(), app.clone());
+        let reloader = Arc::new(Reloader {
+            ctx: ctx.clone(),
+            tls,
+            nat: gateways.nat.clone(),
+            directory: gateways.directory.clone(),
+            source,
+        });
         let metrics_addr = match ctx.config().server.metrics_listen {
             Some(addr) => {
                 let sources = metrics::Sources {
+                    admission: ctx.admission.clone(),
                     lans: lans.clone(),
                     gateways: gateways.stats.clone(),
                     gateway_totals: gateways.totals.clone(),
@@ -221,7 +243,16 @@ impl Relay {
                     webtransport: webtransport_shared.stats.clone(),
                     webrtc: webrtc.clone(),
                 };
-                Some(serve_metrics(&servers, &ctx, addr, sources, &gateways).await?)
+                let admin = admin::AdminState {
+                    ctx: ctx.clone(),
+                    reload: reloader.clone(),
+                    lans: lans.clone(),
+                    directory: gateways.directory.clone(),
+                    forwards: gateways.forwards.clone(),
+                    token: ctx.config().server.admin_token.clone(),
+                    listen: addr,
+                };
+                Some(serve_metrics(&servers, &ctx, addr, sources, admin).await?)
             }
             None => None,
         };
@@ -234,8 +265,15 @@ impl Relay {
             webrtc_addr: webrtc.map(|rtc| rtc.local_addr),
             app,
             _forwards: gateways.forwards,
+            reloader,
             servers,
         })
+    }
+
+    /// Reads the config again and applies what can change while sessions live; returns
+    /// the keys that need a restart (kept as they were). An invalid file changes nothing.
+    pub fn reload(&self) -> Result<Vec<&'static str>, String> {
+        crate::http::admin::Reload::reload(&*self.reloader).map(|r| r.needs_restart)
     }
 
     /// Stops accepting, closes every client with 1001 and waits for them, at most the
@@ -261,7 +299,7 @@ impl Relay {
 fn serve_clients(
     servers: &TaskTracker,
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<tls::TlsCell>,
     app: Arc<AppState>,
 ) {
     let shutdown = app.ctx.shutdown.clone();
@@ -269,8 +307,8 @@ fn serve_clients(
     servers.spawn(async move {
         let stop = shutdown.clone();
         let serve = match tls {
-            Some(acceptor) => {
-                let listener = tls::TlsListener::new(listener, acceptor, stop.clone());
+            Some(cell) => {
+                let listener = tls::TlsListener::new(listener, cell, stop.clone());
                 let service = router.into_make_service_with_connect_info::<ClientAddr>();
                 axum::serve(listener, service)
                     .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -296,24 +334,17 @@ async fn serve_metrics(
     ctx: &TransportContext,
     addr: SocketAddr,
     sources: metrics::Sources,
-    gateways: &Gateways,
+    admin: admin::AdminState,
 ) -> Result<SocketAddr, StartError> {
     let listener = bind(addr, "server.metrics_listen", "metrics-listen").await?;
     let bound = listener.local_addr().unwrap_or(addr);
-    let admin_token = ctx.config().server.admin_token.clone();
-    if !addr.ip().is_loopback() && admin_token.is_none() {
+    if !addr.ip().is_loopback() && admin.token.is_none() {
         tracing::warn!(
             "the admin API on {addr} is refused until --admin-token is set (the listener is not loopback)"
         );
     }
-    let admin = admin::router(Arc::new(admin::AdminState {
-        lans: sources.lans.clone(),
-        directory: gateways.directory.clone(),
-        forwards: gateways.forwards.clone(),
-        token: admin_token,
-        listen: addr,
-    }));
-    let router = metrics::router(Arc::new(metrics::registry(sources))).merge(admin);
+    let router =
+        metrics::router(Arc::new(metrics::registry(sources))).merge(admin::router(Arc::new(admin)));
     let shutdown = ctx.shutdown.clone();
     servers.spawn(async move {
         let serve = axum::serve(listener, router)

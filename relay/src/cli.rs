@@ -25,7 +25,12 @@ pub struct Cli {
     pub log: String,
     /// Log lines as `text`, or `json` (one object per line; join, refusal and leave
     /// records carry their fields, for an audit trail).
-    #[arg(long, env = "V86_RELAY_LOG_FORMAT", default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "V86_RELAY_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
 }
 

@@ -25,6 +25,7 @@ pub(crate) mod gateway_port;
 pub(crate) mod http;
 pub(crate) mod lan;
 pub(crate) mod nat;
+pub mod reload;
 pub mod shared;
 pub mod tap;
 pub(crate) mod transport;

@@ -57,7 +57,10 @@ fn main() -> std::process::ExitCode {
 
 async fn serve(args: relay::cli::ServeArgs) -> anyhow::Result<()> {
     let config = args.load_config()?;
-    let relay = Relay::start(config).await?;
+    // A reload reads the same file and flags again.
+    let source: relay::reload::ConfigSource =
+        Box::new(move || args.load_config().map_err(|e| e.to_string()));
+    let relay = Relay::start_with_source(config, Some(source)).await?;
     tracing::info!(
         "v86-relay listening on ws://{}/ (LAN default) and ws://{}/lan/NAME",
         relay.listen_addr,
@@ -66,7 +69,7 @@ async fn serve(args: relay::cli::ServeArgs) -> anyhow::Result<()> {
     if let Some(addr) = relay.metrics_addr {
         tracing::info!("metrics on http://{addr}/metrics");
     }
-    wait_for_signal().await?;
+    wait_for_stop(&relay).await?;
     tracing::info!("shutting down: closing client connections");
     if !relay.shutdown().await {
         tracing::warn!("some connections did not close within the grace period");
@@ -74,13 +77,20 @@ async fn serve(args: relay::cli::ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT; SIGHUP reloads the config meanwhile.
+async fn wait_for_stop(relay: &Relay) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                // The reload logs what it did, and why not when it refuses the file.
+                let _ = relay.reload();
+            }
+        }
     }
-    Ok(())
 }

@@ -35,6 +35,7 @@
 //!   close_flow(now, flow)                                  the host side of any flow failed
 //!   open_inbound_tcp(now, target) / inbound_udp(now, client, target, data)  port forwards
 //!   set_host_addresses(addresses)                          the host's own addresses (policy)
+//!   set_policy(policy)                                     new egress rules (reload)
 //! outputs
 //!   poll_action() -> Option<NatAction>          host sockets to open, use and close
 //!   poll_tcp_status() -> Option<TcpStatus>      TCP flows whose state changed; tcp_status(flow)
@@ -304,6 +305,12 @@ impl Nat {
     /// Replaces the host addresses the policy denies (the driver reads them at start).
     pub fn set_host_addresses(&mut self, addresses: Vec<Ipv4Addr>) {
         self.config.policy.host_addresses = addresses;
+    }
+
+    /// Replaces the egress policy (a config reload). Flows already open stay; every new
+    /// flow is checked against the new rules.
+    pub fn set_policy(&mut self, policy: EgressPolicy) {
+        self.config.policy = policy;
     }
 
     /// The next host action.

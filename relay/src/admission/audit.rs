@@ -38,10 +38,6 @@ impl Session {
             admitted,
         }
     }
-
-    pub(crate) fn admitted(&self) -> &Admitted {
-        &self.admitted
-    }
 }
 
 impl Drop for Session {

@@ -202,9 +202,10 @@ impl Admission {
         now: Instant,
     ) -> Result<Admitted, Refused> {
         let policy = self.policy();
-        let client_ip = policy
-            .proxies
-            .client_ip(request.peer, request.x_forwarded_for, request.forwarded);
+        let client_ip =
+            policy
+                .proxies
+                .client_ip(request.peer, request.x_forwarded_for, request.forwarded);
         let permit = self.lock_limiter().try_admit(client_ip, now);
         let permit = permit.map_err(|refusal| {
             self.refuse(429, RefusalReason::of_limit(&refusal), refusal.to_string())
@@ -282,7 +283,9 @@ impl Admitted {
 impl Drop for Admitted {
     fn drop(&mut self) {
         if let Some(permit) = self.permit.take() {
-            self.admission.lock_limiter().release(permit, Instant::now());
+            self.admission
+                .lock_limiter()
+                .release(permit, Instant::now());
         }
     }
 }

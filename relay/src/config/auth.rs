@@ -43,9 +43,7 @@ impl AuthSection {
         let mut keys = Vec::new();
         for (i, secret) in self.secrets.iter().enumerate() {
             keys.push(Key::hs256_secret(secret.as_bytes()).map_err(|e| {
-                format!(
-                    "auth.secrets[{i}]: {e}; generate one with `openssl rand -base64 48`"
-                )
+                format!("auth.secrets[{i}]: {e}; generate one with `openssl rand -base64 48`")
             })?);
         }
         for (i, text) in self.public_keys.iter().enumerate() {
@@ -57,7 +55,9 @@ impl AuthSection {
                 })?
             };
             keys.push(Key::public_key(&pem).map_err(|e| {
-                format!("auth.public_keys[{i}]: {e}; give an Ed25519 or P-256 public key in PEM (SPKI)")
+                format!(
+                    "auth.public_keys[{i}]: {e}; give an Ed25519 or P-256 public key in PEM (SPKI)"
+                )
             })?);
         }
         Ok(Some(

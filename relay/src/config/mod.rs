@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use nat::NatSection;
 pub use auth::AuthSection;
+pub use nat::NatSection;
 pub(crate) use nat::core_config;
 pub(crate) use network::NetworkTables;
 pub(crate) use port_forward::{ForwardProtocol, ForwardTarget, PortForwardRule};

@@ -43,12 +43,23 @@ impl Config {
         let l = &self.limits;
         for (key, value) in [
             ("limits.max_connections_per_ip", l.max_connections_per_ip),
-            ("limits.new_connections_per_ip_per_sec", l.new_connections_per_ip_per_sec),
-            ("limits.new_connections_per_ip_burst", l.new_connections_per_ip_burst),
+            (
+                "limits.new_connections_per_ip_per_sec",
+                l.new_connections_per_ip_per_sec,
+            ),
+            (
+                "limits.new_connections_per_ip_burst",
+                l.new_connections_per_ip_burst,
+            ),
             ("limits.max_lans_per_ip", l.max_lans_per_ip),
         ] {
             if value == 0 {
-                return invalid(key, 0, "nobody could join", "set at least 1 (see config.example.toml for the defaults)");
+                return invalid(
+                    key,
+                    0,
+                    "nobody could join",
+                    "set at least 1 (see config.example.toml for the defaults)",
+                );
             }
         }
         Ok(())

@@ -32,6 +32,8 @@ pub(crate) enum GatewayCommand {
     },
     /// The LAN's leases and flows, for the admin API.
     Describe(oneshot::Sender<serde_json::Value>),
+    /// New egress rules from a config reload.
+    SetEgressPolicy(gateway::EgressPolicy),
 }
 
 /// Each live gateway task's command channel, by LAN.
@@ -55,6 +57,14 @@ impl GatewayDirectory {
 
     pub(crate) fn get(&self, lan: &LanName) -> Option<mpsc::Sender<GatewayCommand>> {
         self.gateways.lock().ok()?.get(lan).cloned()
+    }
+
+    /// Every live gateway task's channel.
+    pub(crate) fn all(&self) -> Vec<mpsc::Sender<GatewayCommand>> {
+        self.gateways
+            .lock()
+            .map(|g| g.values().cloned().collect())
+            .unwrap_or_default()
     }
 }
 

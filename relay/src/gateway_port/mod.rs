@@ -65,7 +65,7 @@ impl LanHooks for GatewayHooks {
         let mut gateway = Gateway::new(services.gateway, dhcp, dns::DnsProxy::new(services.dns));
         let (host_events_tx, host_events) = mpsc::channel(EVENT_QUEUE);
         let nat_host = self.nat.as_ref().map(|shared| {
-            gateway.enable_nat(shared.config.clone(), Instant::now());
+            gateway.enable_nat(shared.config(), Instant::now());
             NatHost::new(shared.clone(), host_events_tx, name)
         });
         if let Some(snapshot) = self.leases.get(name) {
@@ -232,6 +232,11 @@ impl GatewayDriver {
                 ) {
                     let to = SocketAddrV4::new(ip, port);
                     nat_host.inbound_udp(&mut self.gateway, client, to, &payload, socket);
+                }
+            }
+            GatewayCommand::SetEgressPolicy(policy) => {
+                if let Some(nat) = self.gateway.nat_mut() {
+                    nat.set_policy(policy);
                 }
             }
             GatewayCommand::Describe(reply) => {

@@ -7,6 +7,8 @@
 //! GET    /admin/forwards         forwards in effect
 //! POST   /admin/forwards         body {"forward": "tcp:0.0.0.0:8080=default/web:80"}
 //! DELETE /admin/forwards/{id}
+//! POST   /admin/tokens           body {"lan": "physics-*", "ttl_secs": 7200, "sub": "ada"} -> {"token": ...}
+//! POST   /admin/reload           read the config file again (as SIGHUP does)
 //! ```
 
 use std::net::SocketAddr;
@@ -19,7 +21,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -27,9 +29,23 @@ use crate::config::PortForwardRule;
 use crate::forward::PortForwards;
 use crate::gateway_port::commands::{GatewayCommand, GatewayDirectory};
 use crate::lan::{Lan, LanRegistry};
+use crate::transport::TransportContext;
+
+/// What `POST /admin/reload` changed: the keys that need a restart kept their values.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct ReloadReport {
+    pub(crate) needs_restart: Vec<&'static str>,
+}
+
+/// Reads the config again and applies it (implemented by the application layer).
+pub(crate) trait Reload: Send + Sync + std::fmt::Debug {
+    fn reload(&self) -> Result<ReloadReport, String>;
+}
 
 #[derive(Debug)]
 pub(crate) struct AdminState {
+    pub(crate) ctx: Arc<TransportContext>,
+    pub(crate) reload: Arc<dyn Reload>,
     pub(crate) lans: Arc<LanRegistry>,
     pub(crate) directory: Arc<GatewayDirectory>,
     pub(crate) forwards: Arc<PortForwards>,
@@ -43,6 +59,8 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/admin/lans", get(list_lans))
         .route("/admin/forwards", get(list_forwards).post(add_forward))
         .route("/admin/forwards/{id}", delete(remove_forward))
+        .route("/admin/tokens", post(mint_token))
+        .route("/admin/reload", post(reload))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }
@@ -156,5 +174,61 @@ async fn remove_forward(State(state): State<Arc<AdminState>>, Path(id): Path<u64
             StatusCode::NOT_FOUND,
             format!("no forward {id}; GET /admin/forwards lists them"),
         )
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct NewToken {
+    lan: String,
+    #[serde(default = "default_ttl")]
+    ttl_secs: u64,
+    sub: Option<String>,
+    role: Option<String>,
+}
+
+fn default_ttl() -> u64 {
+    7200
+}
+
+/// `POST /admin/tokens`: a join token signed with the first of `[auth] secrets`.
+async fn mint_token(
+    State(state): State<Arc<AdminState>>,
+    body: Option<Json<NewToken>>,
+) -> Response {
+    let Some(Json(body)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            r#"send JSON {"lan": "physics-101", "ttl_secs": 7200, "sub": "who"} with Content-Type: application/json"#,
+        );
+    };
+    if let Err(problem) = crate::shared::check_lan_pattern(&body.lan) {
+        return error(StatusCode::BAD_REQUEST, problem);
+    }
+    let config = state.ctx.config();
+    let Some(secret) = config.auth.minting_secret() else {
+        return error(
+            StatusCode::CONFLICT,
+            "no [auth] secrets are configured: add one to mint tokens here (public keys only verify)",
+        );
+    };
+    let ttl = Duration::from_secs(body.ttl_secs.clamp(1, 366 * 86_400));
+    let mut claims = admission::Claims::new(body.lan, crate::admission::unix_now(), ttl);
+    claims.sub = body.sub;
+    claims.role = body.role;
+    let token = admission::mint_hs256(secret, &claims);
+    (
+        StatusCode::CREATED,
+        Json(json!({ "token": token, "exp": claims.exp })),
+    )
+        .into_response()
+}
+
+/// `POST /admin/reload`: what SIGHUP does.
+async fn reload(State(state): State<Arc<AdminState>>) -> Response {
+    let reload = state.reload.clone();
+    match tokio::task::spawn_blocking(move || reload.reload()).await {
+        Ok(Ok(report)) => Json(json!(report)).into_response(),
+        Ok(Err(problem)) => error(StatusCode::UNPROCESSABLE_ENTITY, problem),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the reload task failed"),
     }
 }

@@ -21,6 +21,7 @@ use crate::transport::webtransport::WebTransportStats;
 /// Everything `/metrics` reads from.
 #[derive(Debug)]
 pub(crate) struct Sources {
+    pub(crate) admission: Arc<crate::admission::Admission>,
     pub(crate) lans: Arc<LanRegistry>,
     pub(crate) gateways: Arc<GatewayStatsRegistry>,
     pub(crate) gateway_totals: Arc<GatewayTotals>,
@@ -33,6 +34,7 @@ pub(crate) struct Sources {
 pub(crate) fn registry(sources: Sources) -> Registry {
     let mut registry = Registry::with_prefix("v86_relay");
     let Sources {
+        admission,
         lans,
         gateways,
         gateway_totals,
@@ -44,6 +46,7 @@ pub(crate) fn registry(sources: Sources) -> Registry {
         let mut families = relay_families(&lans);
         families.extend(gateways.families(&gateway_totals));
         families.extend(forwards.families());
+        families.extend(admission.families());
         families
     })));
     registry.register_collector(Box::new(TableCollector(move || webtransport.families())));

@@ -24,8 +24,8 @@ use crate::shared::{Transport, lan_from_path};
 use crate::transport::webrtc::WebRtc;
 use crate::transport::webtransport::WebTransportShared;
 use crate::transport::{
-    ClientAddr, TransportContext, bad_request, forbidden_origin, header_str, query_param, refused_response,
-    websocket,
+    ClientAddr, TransportContext, bad_request, forbidden_origin, header_str, query_param,
+    refused_response, websocket,
 };
 
 /// What the client router's handlers share.

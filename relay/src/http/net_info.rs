@@ -43,21 +43,42 @@ fn host_only(authority: &str) -> Option<String> {
     Some(host.to_owned())
 }
 
-/// Builds the answer for `lan`, reached as `host` (no port).
-pub(crate) fn build(app: &AppState, lan: &LanName, host: &str, http_port: u16) -> NetInfo {
+/// Builds the answer for `lan`, reached as `host` (no port). A `token` the page was given
+/// is passed through on every URL, so one link carries a class's join token everywhere.
+pub(crate) fn build(
+    app: &AppState,
+    lan: &LanName,
+    host: &str,
+    http_port: u16,
+    token: Option<&str>,
+) -> NetInfo {
     let tls = app.ctx.config().tls.enabled();
     let (ws, http) = if tls {
         ("wss", "https")
     } else {
         ("ws", "http")
     };
-    let path = format!("/lan/{lan}");
+    let token_query = token.map(|t| {
+        format!(
+            "token={}",
+            form_urlencoded::byte_serialize(t.as_bytes()).collect::<String>()
+        )
+    });
+    let query = token_query
+        .as_ref()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let path = format!("/lan/{lan}{query}");
     let webtransport = app.webtransport.info.get().map(|info| WebTransportEntry {
         url: format!("https://{host}:{}{path}", info.addr.port()),
         certificate_hashes: app.webtransport.certificate_hashes(),
     });
     let webrtc = app.webrtc.as_ref().map(|_| WebRtcEntry {
-        offer_url: WebRtc::offer_url(&format!("{http}://{host}:{http_port}"), lan),
+        offer_url: WebRtc::offer_url(&format!("{http}://{host}:{http_port}"), lan)
+            + &token_query
+                .as_ref()
+                .map(|q| format!("&{q}"))
+                .unwrap_or_default(),
     });
     NetInfo {
         lan: lan.to_string(),
@@ -98,7 +119,13 @@ pub(crate) async fn handler(
         }
         None => (fallback_host(listen.ip()), listen.port()),
     };
-    let info = build(&app, &lan, &host, port);
+    let info = build(
+        &app,
+        &lan,
+        &host,
+        port,
+        query.get("token").map(String::as_str),
+    );
     (
         [
             (header::CONTENT_TYPE, "application/json"),

@@ -65,12 +65,41 @@ pub(crate) struct TlsListener {
     local: SocketAddr,
 }
 
+/// The certificate in use, swapped by a reload; handshakes after the swap use the new one
+/// and established sessions keep theirs.
+#[derive(Clone)]
+pub(crate) struct TlsCell(Arc<std::sync::RwLock<TlsAcceptor>>);
+
+impl std::fmt::Debug for TlsCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsCell")
+    }
+}
+
+impl TlsCell {
+    pub(crate) fn new(acceptor: TlsAcceptor) -> Self {
+        TlsCell(Arc::new(std::sync::RwLock::new(acceptor)))
+    }
+
+    fn get(&self) -> TlsAcceptor {
+        match self.0.read() {
+            Ok(acceptor) => acceptor.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Loads `cert` and `key` and serves them from the next handshake on.
+    pub(crate) fn reload(&self, cert: &Path, key: &Path) -> Result<(), String> {
+        let acceptor = load(cert, key)?;
+        if let Ok(mut current) = self.0.write() {
+            *current = acceptor;
+        }
+        Ok(())
+    }
+}
+
 impl TlsListener {
-    pub(crate) fn new(
-        listener: TcpListener,
-        acceptor: TlsAcceptor,
-        stop: CancellationToken,
-    ) -> Self {
+    pub(crate) fn new(listener: TcpListener, cell: TlsCell, stop: CancellationToken) -> Self {
         let local = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -92,7 +121,7 @@ impl TlsListener {
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     continue; // dropped: too many handshakes in progress
                 };
-                let acceptor = acceptor.clone();
+                let acceptor = cell.get();
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));

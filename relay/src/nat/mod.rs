@@ -109,7 +109,8 @@ impl Drop for HostFlow {
 /// Shared by every LAN's NAT.
 #[derive(Debug)]
 pub(crate) struct NatShared {
-    pub(crate) config: NatConfig,
+    /// Every new LAN's NAT starts from this; a reload replaces its egress policy.
+    pub(crate) config: std::sync::RwLock<NatConfig>,
     pub(crate) connect_timeout: Duration,
     pub(crate) ping_mode: PingMode,
     pub(crate) tasks: Arc<TaskGauge>,
@@ -326,6 +327,23 @@ pub(crate) fn host_addresses() -> Vec<Ipv4Addr> {
                 "cannot list this host's addresses ({e}); only the built-in denials apply"
             );
             Vec::new()
+        }
+    }
+}
+
+impl NatShared {
+    /// The config a new LAN's NAT starts with.
+    pub(crate) fn config(&self) -> NatConfig {
+        match self.config.read() {
+            Ok(config) => config.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// New egress rules for LANs created from now on (live LANs get them by command).
+    pub(crate) fn set_policy(&self, policy: gateway::EgressPolicy) {
+        if let Ok(mut config) = self.config.write() {
+            config.policy = policy;
         }
     }
 }

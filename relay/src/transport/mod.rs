@@ -39,11 +39,7 @@ pub(crate) struct TransportContext {
 }
 
 impl TransportContext {
-    pub(crate) fn new(
-        config: Config,
-        lans: Arc<LanRegistry>,
-        admission: Arc<Admission>,
-    ) -> Self {
+    pub(crate) fn new(config: Config, lans: Arc<LanRegistry>, admission: Arc<Admission>) -> Self {
         TransportContext {
             config: std::sync::RwLock::new(Arc::new(config)),
             lans,
@@ -71,10 +67,17 @@ impl TransportContext {
     /// Admission for one join; a refusal is written to the audit log here, once for every
     /// transport.
     pub(crate) fn admit(&self, request: &JoinRequest<'_>) -> Result<Admitted, Refused> {
-        self.admission.admit(request, Instant::now()).inspect_err(|refused| {
-            let client = self.admission.client_ip(request);
-            audit_refused(client, request.transport, request.lan, refused.reason.as_str());
-        })
+        self.admission
+            .admit(request, Instant::now())
+            .inspect_err(|refused| {
+                let client = self.admission.client_ip(request);
+                audit_refused(
+                    client,
+                    request.transport,
+                    request.lan,
+                    refused.reason.as_str(),
+                );
+            })
     }
 }
 

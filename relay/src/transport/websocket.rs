@@ -43,7 +43,12 @@ pub(crate) fn upgrade(
         .into_response()
 }
 
-async fn serve(app: Arc<TransportContext>, lan: LanName, mut socket: WebSocket, admitted: Admitted) {
+async fn serve(
+    app: Arc<TransportContext>,
+    lan: LanName,
+    mut socket: WebSocket,
+    admitted: Admitted,
+) {
     let (port, queue) = match app.lans.join(&lan, Transport::WebSocket) {
         Ok(joined) => joined,
         Err(refused) => {

@@ -13,8 +13,8 @@ use axum::routing::post;
 use tokio::sync::oneshot;
 
 use super::{Command, MAX_OFFER_BYTES, OFFER_PATH, WebRtc};
-use crate::config::{Config, OriginRefused};
 use crate::admission::JoinRequest;
+use crate::config::{Config, OriginRefused};
 use crate::shared::{LanName, Transport};
 use crate::transport::{ClientAddr, TransportContext, forbidden_origin, header_str};
 
@@ -165,4 +165,3 @@ pub(super) fn host_ip(headers: &HeaderMap) -> Option<IpAddr> {
         .parse()
         .ok()
 }
-

@@ -71,7 +71,7 @@ fn self_signed() -> Identity {
 fn server_config(app: &TransportContext, addr: SocketAddr, identity: Identity) -> ServerConfig {
     // QUIC expresses idle timeouts up to 2^62 ms; capped at a year, the value always fits.
     let idle = app
-        .config
+        .config()
         .idle_timeout()
         .min(Duration::from_secs(365 * 24 * 3600));
     let base = || {

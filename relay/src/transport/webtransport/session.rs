@@ -47,7 +47,10 @@ async fn admit(
         }
         Err(_) => return None,
     };
-    if let Err(refused) = app.config().check_origin(request.origin().map(str::as_bytes)) {
+    if let Err(refused) = app
+        .config()
+        .check_origin(request.origin().map(str::as_bytes))
+    {
         tracing::debug!("webtransport session refused: {refused}");
         request.forbidden().await;
         return None;
