@@ -18,13 +18,13 @@ use crate::gateway_port::commands::GatewayDirectory;
 use crate::gateway_port::leases::{LeaseFileError, LeaseStore};
 use crate::gateway_port::stats::{GatewayStatsRegistry, GatewayTotals};
 use crate::gateway_port::upstream::Upstream;
-use crate::http::{AppState, admin, demo, metrics, tls};
+use crate::http::{AppState, admin, demo, metrics, serve, tls};
 use crate::lan::LanRegistry;
 use crate::nat::{NatShared, PingMode};
 use crate::reload::{ConfigSource, Reloader};
+use crate::transport::TransportContext;
 use crate::transport::webrtc::{self, WebRtcStartError};
 use crate::transport::webtransport::{self, WebTransportShared, WebTransportStartError};
-use crate::transport::{ClientAddr, TransportContext};
 
 /// A running relay.
 #[derive(Debug)]
@@ -162,6 +162,17 @@ async fn start_gateways(
     Ok(Gateways { nat, ..gateways })
 }
 
+fn start_admission(config: &Config) -> Result<Arc<Admission>, StartError> {
+    let admission = Admission::new(config).map_err(StartError::Auth)?;
+    if !admission.auth_enabled() && !config.server.listen.ip().is_loopback() {
+        tracing::warn!(
+            "auth is off and --listen {} is not loopback: anyone who reaches it can join any LAN; set [auth] secrets (see docs/operations.md)",
+            config.server.listen
+        );
+    }
+    Ok(admission)
+}
+
 async fn bind(
     addr: SocketAddr,
     key: &'static str,
@@ -201,13 +212,7 @@ impl Relay {
             Ok(None) => None,
             Err(problem) => return Err(StartError::Tls(problem)),
         };
-        let admission = Admission::new(&config).map_err(StartError::Auth)?;
-        if !admission.auth_enabled() && !config.server.listen.ip().is_loopback() {
-            tracing::warn!(
-                "auth is off and --listen {} is not loopback: anyone who reaches it can join any LAN; set [auth] secrets (see docs/operations.md)",
-                config.server.listen
-            );
-        }
+        let admission = start_admission(&config)?;
         let ctx = Arc::new(TransportContext::new(config, lans.clone(), admission));
         let servers = TaskTracker::new();
         let listener = bind(ctx.config().server.listen, "server.listen", "listen").await?;
@@ -302,30 +307,25 @@ fn serve_clients(
     tls: Option<tls::TlsCell>,
     app: Arc<AppState>,
 ) {
-    let shutdown = app.ctx.shutdown.clone();
+    let stop = app.ctx.shutdown.clone();
+    let admission = app.ctx.admission.clone();
+    let l = &app.ctx.config().limits;
+    let limits = serve::HeadLimits {
+        head_timeout: Duration::from_secs(l.request_head_timeout_secs),
+        max_head_bytes: l.max_request_head_bytes,
+        max_pending: l.max_pending_http_connections,
+    };
     let router = crate::http::client_router(app);
-    servers.spawn(async move {
-        let stop = shutdown.clone();
-        let serve = match tls {
-            Some(cell) => {
-                let listener = tls::TlsListener::new(listener, cell, stop.clone());
-                let service = router.into_make_service_with_connect_info::<ClientAddr>();
-                axum::serve(listener, service)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-            }
-            None => {
-                let listener = tls::PlainListener(listener);
-                let service = router.into_make_service_with_connect_info::<ClientAddr>();
-                axum::serve(listener, service)
-                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                    .await
-            }
-        };
-        if let Err(error) = serve {
-            tracing::error!("client listener failed: {error}");
+    match tls {
+        Some(cell) => {
+            let listener = tls::TlsListener::new(listener, cell, stop.clone());
+            servers.spawn(serve::serve(listener, router, limits, admission, stop));
         }
-    });
+        None => {
+            let listener = tls::PlainListener(listener);
+            servers.spawn(serve::serve(listener, router, limits, admission, stop));
+        }
+    }
 }
 
 /// Serves `/metrics` and the admin API on `--metrics-listen`; returns the bound address.
@@ -363,8 +363,10 @@ fn spawn_housekeeping(
     leases: &Arc<LeaseStore>,
 ) {
     let sweeper = ctx.clone();
+    let pruned = leases.clone();
     servers.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut ticks = 0u64;
         loop {
             tokio::select! {
                 _ = sweeper.shutdown.cancelled() => break,
@@ -372,6 +374,10 @@ fn spawn_housekeeping(
                     let now = Instant::now();
                     sweeper.lans.handle_timeouts(now);
                     sweeper.admission.handle_timeout(now);
+                    ticks += 1;
+                    if ticks.is_multiple_of(60) {
+                        pruned.prune(unix_now());
+                    }
                 }
             }
         }

@@ -3,6 +3,12 @@ use relay::Relay;
 use relay::cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+// jemalloc, with a background thread that returns freed pages within a second
+// (.cargo/config.toml): glibc kept the memory of a thousand retired LANs for good
+// (docs/benchmarks.md, "Memory after load").
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {

@@ -32,131 +32,70 @@ impl std::fmt::Debug for Reloader {
     }
 }
 
-/// Puts `old` back into `new` where they differ, and notes the key.
-fn keep<T: PartialEq + Clone>(
-    new: &mut T,
-    old: &T,
-    key: &'static str,
-    kept: &mut Vec<&'static str>,
-) {
-    if new != old {
-        *new = old.clone();
-        kept.push(key);
-    }
+/// Puts the running value back where the new one differs, and notes the key.
+macro_rules! keep {
+    ($new:ident, $old:ident, $kept:ident: $($field:ident).+ => $key:literal) => {
+        if $new.$($field).+ != $old.$($field).+ {
+            $new.$($field).+ = $old.$($field).+.clone();
+            $kept.push($key);
+        }
+    };
 }
 
 /// Keys read once at start-up: a changed value is reported and the running one kept.
 fn keep_restart_only(new: &mut Config, old: &Config) -> Vec<&'static str> {
     let mut kept = Vec::new();
-    let k = &mut kept;
-    keep(
-        &mut new.server.listen,
-        &old.server.listen,
-        "server.listen",
-        k,
-    );
-    keep(
-        &mut new.server.metrics_listen,
-        &old.server.metrics_listen,
-        "server.metrics_listen",
-        k,
-    );
-    keep(
-        &mut new.server.admin_token,
-        &old.server.admin_token,
-        "server.admin_token",
-        k,
-    );
-    keep(
-        &mut new.server.web_root,
-        &old.server.web_root,
-        "server.web_root",
-        k,
-    );
-    keep(
-        &mut new.server.shutdown_grace_secs,
-        &old.server.shutdown_grace_secs,
-        "server.shutdown_grace_secs",
-        k,
-    );
-    keep(
-        &mut new.limits.max_frame_size,
-        &old.limits.max_frame_size,
-        "limits.max_frame_size",
-        k,
-    );
-    keep(
-        &mut new.limits.port_queue_frames,
-        &old.limits.port_queue_frames,
-        "limits.port_queue_frames",
-        k,
-    );
-    keep(
-        &mut new.limits.max_connections,
-        &old.limits.max_connections,
-        "limits.max_connections",
-        k,
-    );
-    keep(
-        &mut new.limits.max_ports_per_lan,
-        &old.limits.max_ports_per_lan,
-        "limits.max_ports_per_lan",
-        k,
-    );
-    keep(
-        &mut new.limits.max_lans,
-        &old.limits.max_lans,
-        "limits.max_lans",
-        k,
-    );
-    keep(&mut new.switch, &old.switch, "[switch]", k);
-    keep(&mut new.network, &old.network, "[network]", k);
-    keep(&mut new.lans, &old.lans, "[lans]", k);
-    keep(&mut new.dns, &old.dns, "[dns]", k);
-    keep(&mut new.dhcp, &old.dhcp, "[dhcp]", k);
-    keep(&mut new.webrtc, &old.webrtc, "[webrtc]", k);
-    keep(
-        &mut new.webtransport,
-        &old.webtransport,
-        "[webtransport]",
-        k,
-    );
+    keep!(new, old, kept: server.listen => "server.listen");
+    keep!(new, old, kept: server.metrics_listen => "server.metrics_listen");
+    keep!(new, old, kept: server.admin_token => "server.admin_token");
+    keep!(new, old, kept: server.web_root => "server.web_root");
+    keep!(new, old, kept: server.shutdown_grace_secs => "server.shutdown_grace_secs");
+    keep!(new, old, kept: limits.max_frame_size => "limits.max_frame_size");
+    keep!(new, old, kept: limits.port_queue_frames => "limits.port_queue_frames");
+    keep!(new, old, kept: limits.max_connections => "limits.max_connections");
+    keep!(new, old, kept: limits.max_ports_per_lan => "limits.max_ports_per_lan");
+    keep!(new, old, kept: limits.max_lans => "limits.max_lans");
+    keep!(new, old, kept: limits.empty_lan_grace_secs => "limits.empty_lan_grace_secs");
+    keep!(new, old, kept: limits.request_head_timeout_secs => "limits.request_head_timeout_secs");
+    keep!(new, old, kept: limits.max_request_head_bytes => "limits.max_request_head_bytes");
+    keep!(new, old, kept: limits.max_pending_http_connections => "limits.max_pending_http_connections");
+    keep!(new, old, kept: switch => "[switch]");
+    keep!(new, old, kept: network => "[network]");
+    keep!(new, old, kept: lans => "[lans]");
+    keep!(new, old, kept: dns => "[dns]");
+    keep!(new, old, kept: dhcp => "[dhcp]");
+    keep!(new, old, kept: webrtc => "[webrtc]");
+    keep!(new, old, kept: webtransport => "[webtransport]");
     // TLS on or off changes what --listen speaks; a new pair of files is reloaded.
     if new.tls.enabled() != old.tls.enabled() {
-        keep(
-            &mut new.tls,
-            &old.tls,
-            "tls.cert / tls.key (turning TLS on or off)",
-            k,
-        );
+        keep!(new, old, kept: tls => "tls.cert / tls.key (turning TLS on or off)");
     }
-    let nat_restart = (
-        new.nat.enabled,
-        new.nat.host_loopback,
-        new.nat.tcp_buffer_bytes,
-    ) != (
-        old.nat.enabled,
-        old.nat.host_loopback,
-        old.nat.tcp_buffer_bytes,
+    keep_nat_restart_only(new, old, &mut kept);
+    kept
+}
+
+/// Egress rules reload; the rest of `[nat]` waits for a restart.
+fn keep_nat_restart_only(new: &mut Config, old: &Config, kept: &mut Vec<&'static str>) {
+    let mut restart_part = new.nat.clone();
+    (
+        restart_part.allow,
+        restart_part.deny,
+        restart_part.allow_private,
+        restart_part.denied_tcp_ports,
+    ) = (
+        old.nat.allow.clone(),
+        old.nat.deny.clone(),
+        old.nat.allow_private,
+        old.nat.denied_tcp_ports.clone(),
     );
-    if nat_restart || new.nat.forwards != old.nat.forwards {
-        // Egress rules still reload; the rest of [nat] waits for a restart.
-        let (allow, deny, private, ports) = (
-            new.nat.allow.clone(),
-            new.nat.deny.clone(),
-            new.nat.allow_private,
-            new.nat.denied_tcp_ports.clone(),
-        );
-        new.nat = old.nat.clone();
-        (
-            new.nat.allow,
-            new.nat.deny,
-            new.nat.allow_private,
-            new.nat.denied_tcp_ports,
-        ) = (allow, deny, private, ports);
+    if restart_part != old.nat {
+        let rules = std::mem::replace(&mut new.nat, old.nat.clone());
+        new.nat.allow = rules.allow;
+        new.nat.deny = rules.deny;
+        new.nat.allow_private = rules.allow_private;
+        new.nat.denied_tcp_ports = rules.denied_tcp_ports;
         kept.push("[nat] (all but allow, deny, allow_private, denied_tcp_ports)");
     }
-    kept
 }
 
 impl Reloader {

@@ -16,9 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use admission::{Claims, IpLimiter, Permit, TokenError, TrustedProxies, Verifier};
+use admission::{Claims, IpLimiter, LanPermit, Permit, TokenError, TrustedProxies, Verifier};
 
 use crate::config::Config;
+use crate::lan::{LanCreator, LanPermitBox};
 use crate::shared::metrics::Family;
 use crate::shared::{LanName, Transport};
 
@@ -229,6 +230,7 @@ impl Admission {
             client_ip,
             claims,
             transport: request.transport,
+            reserved_lan: Mutex::new(None),
         })
     }
 
@@ -271,9 +273,63 @@ pub(crate) struct Admitted {
     pub(crate) client_ip: IpAddr,
     pub(crate) claims: Option<Claims>,
     pub(crate) transport: Transport,
+    /// A LAN permit taken before the upgrade for a LAN this join will create.
+    reserved_lan: Mutex<Option<LanPermit>>,
+}
+
+/// Holds one of an address's LANs (`limits.max_lans_per_ip`) while the LAN exists.
+#[derive(Debug)]
+struct LanGuard {
+    admission: Arc<Admission>,
+    permit: Option<LanPermit>,
+}
+
+impl Drop for LanGuard {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.admission
+                .lock_limiter()
+                .release_lan(permit, Instant::now());
+        }
+    }
+}
+
+impl LanCreator for Admitted {
+    fn permit_new_lan(&self) -> Result<LanPermitBox, String> {
+        let reserved = self.reserved_lan.lock().ok().and_then(|mut r| r.take());
+        let permit = match reserved {
+            Some(permit) => permit,
+            None => self.take_lan_permit().map_err(|refused| refused.message)?,
+        };
+        Ok(Box::new(LanGuard {
+            admission: self.admission.clone(),
+            permit: Some(permit),
+        }))
+    }
 }
 
 impl Admitted {
+    fn take_lan_permit(&self) -> Result<LanPermit, Refused> {
+        let taken = self
+            .admission
+            .lock_limiter()
+            .try_create_lan(self.client_ip, Instant::now());
+        taken.map_err(|refusal| {
+            let reason = RefusalReason::of_limit(&refusal);
+            self.admission.refuse(429, reason, refusal.to_string())
+        })
+    }
+
+    /// Before the upgrade, for a join that will create its LAN: takes the address's LAN
+    /// permit now, so that a refusal is a 429 rather than a closed socket.
+    pub(crate) fn reserve_lan(&self) -> Result<(), Refused> {
+        let permit = self.take_lan_permit()?;
+        if let Ok(mut reserved) = self.reserved_lan.lock() {
+            *reserved = Some(permit);
+        }
+        Ok(())
+    }
+
     /// The token's subject, for logs and the admin API (never a metric label).
     pub(crate) fn subject(&self) -> Option<&str> {
         self.claims.as_ref().and_then(|c| c.sub.as_deref())

@@ -22,7 +22,7 @@ pub(crate) use nat::core_config;
 pub(crate) use network::NetworkTables;
 pub(crate) use port_forward::{ForwardProtocol, ForwardTarget, PortForwardRule};
 pub use sections::{
-    DhcpSection, DnsSection, LimitsConfig, ServerConfig, SwitchSection, WebSocketConfig,
+    DefaultLan, DhcpSection, DnsSection, LimitsConfig, ServerConfig, SwitchSection, WebSocketConfig,
 };
 pub use transports::{
     TlsConfig, WebRtcAddrs, WebRtcSection, WebTransportConfig, WebTransportListen,

@@ -40,6 +40,20 @@ pub struct ServerConfig {
     /// Reverse proxies (CIDRs) whose `X-Forwarded-For` names the client; anyone else's
     /// header is ignored.
     pub trusted_proxies: Vec<String>,
+    /// Where a plain `ws://HOST/` join lands: `shared` (LAN `default`) or `private` (a LAN
+    /// of its own per client address and MAC).
+    pub default_lan: DefaultLan,
+}
+
+/// `server.default_lan`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultLan {
+    /// Every `/` join lands on LAN `default`, as in v86's own relays.
+    #[default]
+    Shared,
+    /// Each machine gets a LAN of its own; strangers never share a segment by accident.
+    Private,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -59,6 +73,17 @@ pub struct LimitsConfig {
     pub new_connections_per_ip_burst: u32,
     /// LANs one address has created that still exist.
     pub max_lans_per_ip: u32,
+    /// A LAN whose last client left keeps its gateway and NAT flows this long (v86
+    /// reconnects after 10 s), then only its lease snapshot.
+    pub empty_lan_grace_secs: u64,
+    /// A request head (the WebSocket upgrade included) must arrive within this long, or
+    /// the connection is closed (slowloris).
+    pub request_head_timeout_secs: u64,
+    /// Largest request head; larger ones get 431. At least 8192.
+    pub max_request_head_bytes: usize,
+    /// Connections on `--listen` that have not sent a whole request head yet; more are
+    /// closed at once.
+    pub max_pending_http_connections: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -87,6 +112,7 @@ impl Default for ServerConfig {
             web_root: None,
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
+            default_lan: DefaultLan::Shared,
         }
     }
 }
@@ -103,6 +129,10 @@ impl Default for LimitsConfig {
             new_connections_per_ip_per_sec: 50,
             new_connections_per_ip_burst: 200,
             max_lans_per_ip: 64,
+            empty_lan_grace_secs: 60,
+            request_head_timeout_secs: 10,
+            max_request_head_bytes: 16 * 1024,
+            max_pending_http_connections: 4096,
         }
     }
 }

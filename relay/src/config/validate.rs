@@ -62,6 +62,22 @@ impl Config {
                 );
             }
         }
+        if l.request_head_timeout_secs == 0 || l.max_pending_http_connections == 0 {
+            return invalid(
+                "limits.request_head_timeout_secs",
+                l.request_head_timeout_secs,
+                "no request could arrive (limits.max_pending_http_connections must be over 0 too)",
+                "keep the defaults 10 and 4096",
+            );
+        }
+        if !(8192..=1 << 20).contains(&l.max_request_head_bytes) {
+            return invalid(
+                "limits.max_request_head_bytes",
+                l.max_request_head_bytes,
+                "out of range",
+                "use 8192 to 1048576; 16384 fits any browser's upgrade request",
+            );
+        }
         Ok(())
     }
 

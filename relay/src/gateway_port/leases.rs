@@ -70,6 +70,18 @@ impl LeaseStore {
         self.changed.notify_one();
     }
 
+    /// Forgets leases that have expired, and LANs left with none.
+    pub(crate) fn prune(&self, now_unix: u64) {
+        if let Ok(mut lans) = self.lans.lock() {
+            lans.retain(|_, snapshot| {
+                snapshot
+                    .leases
+                    .retain(|lease| lease.expires_unix_secs > now_unix);
+                !snapshot.leases.is_empty()
+            });
+        }
+    }
+
     /// Writes the file now (no-op without a path).
     pub(crate) fn save(&self) -> std::io::Result<()> {
         let Some(path) = &self.path else {

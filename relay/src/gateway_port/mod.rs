@@ -85,6 +85,8 @@ impl LanHooks for GatewayHooks {
             totals: self.totals.clone(),
             nat_host,
             directory: self.directory.clone(),
+            empty_grace: Duration::from_secs(self.config.limits.empty_lan_grace_secs),
+            empty_since: None,
         };
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         self.directory.register(lan.name(), commands_tx);
@@ -110,6 +112,11 @@ struct GatewayDriver {
     totals: Arc<GatewayTotals>,
     nat_host: Option<NatHost>,
     directory: Arc<GatewayDirectory>,
+    /// How long a LAN without clients keeps its gateway (and NAT flows) for a reconnect
+    /// before it is retired to its lease snapshot (`limits.empty_lan_grace_secs`).
+    empty_grace: Duration,
+    /// When the last client left.
+    empty_since: Option<Instant>,
 }
 
 /// Frames handled before the gateway's output is drained.
@@ -131,7 +138,10 @@ impl GatewayDriver {
     ) {
         let lan = self.port.lan().clone();
         let (answers_tx, mut answers) = mpsc::channel(UPSTREAM_CHANNEL);
-        let mut idle_check = tokio::time::interval(Duration::from_secs(5));
+        let check_every = self
+            .empty_grace
+            .clamp(Duration::from_millis(200), Duration::from_secs(5));
+        let mut idle_check = tokio::time::interval(check_every);
         loop {
             let deadline = self
                 .gateway
@@ -269,13 +279,23 @@ impl GatewayDriver {
         self.leases.put(self.port.lan_name().as_str(), snapshot);
     }
 
-    /// Lets the LAN go once no client is on it and no dynamic lease is left.
-    fn release_if_unused(&self, lan: &Arc<Lan>) {
+    /// Lets the LAN go once no client is on it and either no dynamic lease is left, or the
+    /// grace for a reconnect has passed with no NAT flow open. Its leases then live on as a
+    /// snapshot in the [`LeaseStore`] (a few hundred bytes, not a whole gateway), and a
+    /// later join restores them: a VM that comes back keeps its address.
+    fn release_if_unused(&mut self, lan: &Arc<Lan>) {
         if lan.client_count() > 0 {
+            self.empty_since = None;
             return;
         }
+        let now = Instant::now();
+        let empty_for = now.duration_since(*self.empty_since.get_or_insert(now));
         let holds_leases = self.gateway.dhcp().leases().any(|lease| !lease.is_static);
-        if !holds_leases {
+        let flows_open = self
+            .gateway
+            .nat()
+            .is_some_and(|nat| nat.flows().next().is_some());
+        if !holds_leases || (empty_for >= self.empty_grace && !flows_open) {
             self.registry.remove_if_idle(lan);
         }
     }

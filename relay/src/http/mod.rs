@@ -6,6 +6,7 @@ pub(crate) mod admin;
 pub(crate) mod demo;
 pub(crate) mod metrics;
 pub(crate) mod net_info;
+pub(crate) mod serve;
 pub(crate) mod tls;
 
 use std::net::SocketAddr;
@@ -19,13 +20,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::admission::JoinRequest;
+use crate::config::DefaultLan;
 use crate::gateway_port::leases::LeaseStore;
 use crate::shared::{Transport, lan_from_path};
 use crate::transport::webrtc::WebRtc;
 use crate::transport::webtransport::WebTransportShared;
 use crate::transport::{
-    ClientAddr, TransportContext, bad_request, forbidden_origin, header_str, query_param,
-    refused_response, websocket,
+    ClientAddr, PRIVATE_LAN_PREFIX, TransportContext, bad_request, forbidden_origin, header_str,
+    query_param, refused_response, websocket,
 };
 
 /// What the client router's handlers share.
@@ -66,6 +68,11 @@ async fn join(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let lan = match lan_from_path(uri.path()) {
+        Some(Ok(lan)) if lan.as_str().starts_with(PRIVATE_LAN_PREFIX) => {
+            return bad_request(format!(
+                "LAN names starting with {PRIVATE_LAN_PREFIX:?} are the relay's private LANs; pick another name"
+            ));
+        }
         Some(Ok(lan)) => lan,
         Some(Err(invalid)) => return bad_request(invalid),
         None => return StatusCode::NOT_FOUND.into_response(),
@@ -96,8 +103,13 @@ async fn join(
         token: token.as_deref(),
         transport: Transport::WebSocket,
     };
+    let private = is_root && app.ctx.config().server.default_lan == DefaultLan::Private;
+    let target = match private {
+        true => websocket::Target::Private,
+        false => websocket::Target::Lan(lan.clone()),
+    };
     match app.ctx.admit(&request) {
-        Ok(admitted) => websocket::upgrade(app.ctx.clone(), lan, ws, admitted),
+        Ok(admitted) => websocket::upgrade(app.ctx.clone(), target, ws, admitted),
         Err(refused) => refused_response(&refused),
     }
 }

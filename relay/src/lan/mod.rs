@@ -38,6 +38,30 @@ pub(crate) enum JoinError {
     LanFull(usize),
     #[error("the relay has reached its limit of {0} LANs; join an existing LAN")]
     TooManyLans(usize),
+    /// The joiner may not create another LAN (see [`LanCreator`]).
+    #[error("{0}")]
+    CreateRefused(String),
+}
+
+/// Asked for a permit when a join would create a LAN; the permit lives as long as the LAN
+/// (admission counts the LANs each client address has created this way).
+pub(crate) trait LanCreator {
+    fn permit_new_lan(&self) -> Result<LanPermitBox, String>;
+}
+
+/// Whatever a [`LanCreator`] wants kept while its LAN exists; dropped when the LAN goes.
+pub(crate) type LanPermitBox = Box<dyn std::any::Any + Send + Sync>;
+
+/// For joins nobody limits (tests).
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct AnyCreator;
+
+#[cfg(test)]
+impl LanCreator for AnyCreator {
+    fn permit_new_lan(&self) -> Result<LanPermitBox, String> {
+        Ok(Box::new(()))
+    }
 }
 
 /// Per-port limits and tunables taken from the config once.
@@ -80,6 +104,8 @@ pub(crate) struct Lan {
     idle: tokio::sync::Notify,
     /// A service (the gateway) decides when this LAN goes, since leases outlive clients.
     kept_by_service: std::sync::atomic::AtomicBool,
+    /// The creator's permit (see [`LanCreator`]), released when the LAN is removed.
+    creator_permit: Mutex<Option<LanPermitBox>>,
 }
 
 #[derive(Debug)]
@@ -139,10 +165,26 @@ impl LanRegistry {
     }
 
     /// Attaches a new port to LAN `name`, creating the LAN on first join.
+    #[cfg(test)]
     pub(crate) fn join(
         self: &Arc<Self>,
         name: &LanName,
         transport: Transport,
+    ) -> Result<(Port, PortReceiver), JoinError> {
+        self.join_as(name, transport, &AnyCreator)
+    }
+
+    /// Whether LAN `name` exists now.
+    pub(crate) fn exists(&self, name: &LanName) -> bool {
+        lock(&self.lans).contains_key(name)
+    }
+
+    /// As [`join`](Self::join); a LAN this join creates asks `creator` for a permit first.
+    pub(crate) fn join_as(
+        self: &Arc<Self>,
+        name: &LanName,
+        transport: Transport,
+        creator: &dyn LanCreator,
     ) -> Result<(Port, PortReceiver), JoinError> {
         let mut lans = lock(&self.lans);
         if self.connections.load(Relaxed) >= self.limits.max_connections {
@@ -153,7 +195,10 @@ impl LanRegistry {
         }
         let lan = match lans.get(name) {
             Some(lan) => lan.clone(),
-            None => self.create(&mut lans, name),
+            None => {
+                let permit = creator.permit_new_lan().map_err(JoinError::CreateRefused)?;
+                self.create(&mut lans, name, permit)
+            }
         };
         let mut state = lock(&lan.state);
         if state.clients >= self.limits.max_ports_per_lan {
@@ -168,7 +213,12 @@ impl LanRegistry {
         Ok((port, rx))
     }
 
-    fn create(self: &Arc<Self>, lans: &mut HashMap<LanName, Arc<Lan>>, name: &LanName) -> Arc<Lan> {
+    fn create(
+        self: &Arc<Self>,
+        lans: &mut HashMap<LanName, Arc<Lan>>,
+        name: &LanName,
+        permit: LanPermitBox,
+    ) -> Arc<Lan> {
         let lan = Arc::new(Lan {
             name: name.clone(),
             state: Mutex::new(LanState {
@@ -179,6 +229,7 @@ impl LanRegistry {
             removed: tokio_util::sync::CancellationToken::new(),
             idle: tokio::sync::Notify::new(),
             kept_by_service: std::sync::atomic::AtomicBool::new(false),
+            creator_permit: Mutex::new(Some(permit)),
         });
         lans.insert(name.clone(), lan.clone());
         tracing::info!(lan = %name, "LAN created");
@@ -226,7 +277,7 @@ impl LanRegistry {
             lans.remove(&lan.name);
             tracing::info!(lan = %lan.name, "LAN removed: no machines and no leases left");
         }
-        lan.removed.cancel();
+        lan.retire();
         true
     }
 
@@ -252,7 +303,7 @@ impl LanRegistry {
         } else if lans.get(&lan.name).is_some_and(|l| Arc::ptr_eq(l, lan)) {
             // Only remove the LAN this port belonged to, not a newer one of the same name.
             lans.remove(&lan.name);
-            lan.removed.cancel();
+            lan.retire();
             tracing::info!(lan = %lan.name, "LAN removed: its last machine left");
         }
     }
@@ -276,6 +327,12 @@ impl LanRegistry {
 impl Lan {
     pub(crate) fn name(&self) -> &LanName {
         &self.name
+    }
+
+    /// Out of the registry: its services stop and its creator's permit is released.
+    fn retire(&self) {
+        self.removed.cancel();
+        lock(&self.creator_permit).take();
     }
 
     /// Resolves when the LAN has been removed.

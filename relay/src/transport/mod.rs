@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::admission::{Admission, Admitted, JoinRequest, Refused, audit_refused};
 use crate::config::{Config, OriginRefused};
 use crate::lan::LanRegistry;
+use crate::shared::LanName;
 
 /// What a transport needs from the application: the config, the LANs to join, the
 /// shutdown signal and the tracker that shutdown waits on.
@@ -36,6 +37,8 @@ pub(crate) struct TransportContext {
     pub(crate) tasks: TaskTracker,
     /// Tokens and per-address limits, checked before every join.
     pub(crate) admission: Arc<Admission>,
+    /// A key of this process for private LAN names: unguessable from outside.
+    private_key: std::hash::RandomState,
 }
 
 impl TransportContext {
@@ -46,7 +49,19 @@ impl TransportContext {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             admission,
+            private_key: std::hash::RandomState::new(),
         }
+    }
+
+    /// The private LAN of the machine that sends `frame` from `client`: one per client
+    /// address and source MAC, so v86's reconnect (a new socket from the same tab, same MAC)
+    /// finds its LAN, its lease and its NAT flows again, and nobody else lands on it.
+    pub(crate) fn private_lan(&self, client: std::net::IpAddr, frame: &[u8]) -> LanName {
+        use std::hash::BuildHasher;
+        let mac = &frame[6..12];
+        let key = self.private_key.hash_one((client, mac));
+        LanName::new(&format!("{PRIVATE_LAN_PREFIX}{key:016x}"))
+            .unwrap_or_else(|_| LanName::default_lan())
     }
 
     /// The config now (a reload may replace it at any time).
@@ -67,19 +82,30 @@ impl TransportContext {
     /// Admission for one join; a refusal is written to the audit log here, once for every
     /// transport.
     pub(crate) fn admit(&self, request: &JoinRequest<'_>) -> Result<Admitted, Refused> {
-        self.admission
+        let admitted = self
+            .admission
             .admit(request, Instant::now())
-            .inspect_err(|refused| {
-                let client = self.admission.client_ip(request);
-                audit_refused(
-                    client,
-                    request.transport,
-                    request.lan,
-                    refused.reason.as_str(),
-                );
-            })
+            .and_then(|admitted| {
+                // A join that will create its LAN takes its address's LAN permit now.
+                if !self.lans.exists(request.lan) {
+                    admitted.reserve_lan()?;
+                }
+                Ok(admitted)
+            });
+        admitted.inspect_err(|refused| {
+            let client = self.admission.client_ip(request);
+            audit_refused(
+                client,
+                request.transport,
+                request.lan,
+                refused.reason.as_str(),
+            );
+        })
     }
 }
+
+/// Names of private LANs start with this; nobody may join one by name.
+pub(crate) const PRIVATE_LAN_PREFIX: &str = "private-";
 
 /// 401 or 429 (before any upgrade) with the reason on one line.
 pub(crate) fn refused_response(refused: &Refused) -> Response {

@@ -24,9 +24,18 @@ const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 const WRITE_BATCH: usize = 64;
 
 /// Upgrades an HTTP request to a WebSocket client of LAN `lan`.
+/// Which LAN a WebSocket joins.
+#[derive(Debug)]
+pub(crate) enum Target {
+    Lan(LanName),
+    /// `server.default_lan = "private"`: a LAN of this client's own, found from its first
+    /// frame (see [`TransportContext::private_lan`]).
+    Private,
+}
+
 pub(crate) fn upgrade(
     app: Arc<TransportContext>,
-    lan: LanName,
+    target: Target,
     ws: WebSocketUpgrade,
     admitted: Admitted,
 ) -> Response {
@@ -39,17 +48,26 @@ pub(crate) fn upgrade(
         // the connection stays open; beyond this the message is refused outright.
         .max_message_size(max_frame + 64 * 1024)
         .max_frame_size(max_frame + 64 * 1024)
-        .on_upgrade(move |socket| tracker.track_future(serve(app, lan, socket, admitted)))
+        .on_upgrade(move |socket| tracker.track_future(serve(app, target, socket, admitted)))
         .into_response()
 }
 
 async fn serve(
     app: Arc<TransportContext>,
-    lan: LanName,
+    target: Target,
     mut socket: WebSocket,
     admitted: Admitted,
 ) {
-    let (port, queue) = match app.lans.join(&lan, Transport::WebSocket) {
+    let (lan, first) = match target {
+        Target::Lan(lan) => (lan, None),
+        Target::Private => {
+            let Some(frame) = first_frame(&mut socket, app.config().idle_timeout()).await else {
+                return;
+            };
+            (app.private_lan(admitted.client_ip, &frame), Some(frame))
+        }
+    };
+    let (port, queue) = match app.lans.join_as(&lan, Transport::WebSocket, &admitted) {
         Ok(joined) => joined,
         Err(refused) => {
             tracing::warn!(%lan, "connection refused: {refused}");
@@ -62,6 +80,9 @@ async fn serve(
         }
     };
     let _session = Session::joined(admitted, &port);
+    if let Some(frame) = first {
+        port.ingress(Instant::now(), frame);
+    }
     let (sink, stream) = socket.split();
     let stop = app.shutdown.child_token();
     let base = Instant::now();
@@ -166,5 +187,23 @@ async fn write_loop(
         .await;
     } else {
         let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    }
+}
+
+/// The client's first frame with a whole Ethernet header (v86 opens its socket on the
+/// guest's first frame, so it comes at once); `None` when the client leaves or stays silent.
+async fn first_frame(socket: &mut WebSocket, wait: Duration) -> Option<bytes::Bytes> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.recv())
+            .await
+            .ok()??
+        {
+            Ok(Message::Binary(frame)) if frame.len() >= crate::shared::ETHERNET_HEADER_LEN => {
+                return Some(frame);
+            }
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
     }
 }

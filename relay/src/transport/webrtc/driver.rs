@@ -121,7 +121,7 @@ impl Driver {
                 return;
             }
         };
-        let (port, mut queue) = match self.app.lans.join(&lan, Transport::WebRtc) {
+        let (port, mut queue) = match self.app.lans.join_as(&lan, Transport::WebRtc, &admitted) {
             Ok(joined) => joined,
             Err(refused) => {
                 self.gateway.close(peer);

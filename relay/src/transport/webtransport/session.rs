@@ -89,7 +89,7 @@ async fn admit(
             return None;
         }
     };
-    let (port, queue) = match app.lans.join(&lan, Transport::WebTransport) {
+    let (port, queue) = match app.lans.join_as(&lan, Transport::WebTransport, &admitted) {
         Ok(joined) => joined,
         Err(refused) => {
             tracing::warn!(%lan, "webtransport session refused: {refused}");
