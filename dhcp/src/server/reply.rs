@@ -26,6 +26,18 @@ pub(super) enum Answer {
     Nak(&'static str),
 }
 
+impl Answer {
+    /// The reply's kind, DHCP message type and yiaddr.
+    fn header(&self) -> (ReplyKind, MessageType, Ipv4Addr) {
+        match self {
+            Answer::Offer { ip, .. } => (ReplyKind::Offer, MessageType::Offer, *ip),
+            Answer::Ack { ip, .. } => (ReplyKind::Ack, MessageType::Ack, *ip),
+            Answer::InformAck => (ReplyKind::Ack, MessageType::Ack, Ipv4Addr::UNSPECIFIED),
+            Answer::Nak(_) => (ReplyKind::Nak, MessageType::Nak, Ipv4Addr::UNSPECIFIED),
+        }
+    }
+}
+
 impl DhcpServer {
     pub(super) fn answer(
         &mut self,
@@ -33,30 +45,8 @@ impl DhcpServer {
         client: &Client,
         answer: Answer,
     ) -> Result<Reply, DhcpError> {
-        let (kind, message_type, yiaddr) = match &answer {
-            Answer::Offer { ip, .. } => (ReplyKind::Offer, MessageType::Offer, *ip),
-            Answer::Ack { ip, .. } => (ReplyKind::Ack, MessageType::Ack, *ip),
-            Answer::InformAck => (ReplyKind::Ack, MessageType::Ack, Ipv4Addr::UNSPECIFIED),
-            Answer::Nak(_) => (ReplyKind::Nak, MessageType::Nak, Ipv4Addr::UNSPECIFIED),
-        };
-        // RFC 2131 table 3: ciaddr is echoed only in ACKs.
-        let ciaddr = match kind {
-            ReplyKind::Ack => request.ciaddr(),
-            ReplyKind::Offer | ReplyKind::Nak => Ipv4Addr::UNSPECIFIED,
-        };
-        let mut reply = Message::new_with_id(
-            request.xid(),
-            ciaddr,
-            yiaddr,
-            Ipv4Addr::UNSPECIFIED,
-            request.giaddr(),
-            &client.chaddr.0,
-        );
-        reply
-            .set_opcode(Opcode::BootReply)
-            .set_htype(HType::Eth)
-            .set_flags(request.flags());
-
+        let (kind, message_type, yiaddr) = answer.header();
+        let mut reply = reply_message(request, client, kind, yiaddr);
         let opts = reply.opts_mut();
         opts.insert(DhcpOption::MessageType(message_type));
         opts.insert(DhcpOption::ServerIdentifier(self.server_id));
@@ -64,6 +54,19 @@ impl DhcpServer {
         if let Some(id) = &client.client_id {
             opts.insert(DhcpOption::ClientIdentifier(id.clone()));
         }
+        self.insert_answer_options(opts, answer);
+        let payload = encode_padded(&reply)?;
+        let to = reply_target(request, client, kind, yiaddr);
+        match kind {
+            ReplyKind::Offer => self.stats.sent_offer += 1,
+            ReplyKind::Ack => self.stats.sent_ack += 1,
+            ReplyKind::Nak => self.stats.sent_nak += 1,
+        }
+        Ok(Reply { payload, to, kind })
+    }
+
+    /// What the answer says beyond the message type, server id and client id.
+    fn insert_answer_options(&self, opts: &mut v4::DhcpOptions, answer: Answer) {
         match answer {
             Answer::Nak(text) => {
                 opts.insert(DhcpOption::Message(text.to_owned()));
@@ -83,35 +86,6 @@ impl DhcpServer {
                 }
             }
         }
-
-        let mut payload = Vec::with_capacity(MIN_REPLY_LEN);
-        reply.encode(&mut Encoder::new(&mut payload))?;
-        if payload.len() < MIN_REPLY_LEN {
-            payload.resize(MIN_REPLY_LEN, 0);
-        }
-
-        let request_ciaddr = request.ciaddr();
-        let to = if kind == ReplyKind::Nak {
-            ReplyTarget::Broadcast
-        } else if !request_ciaddr.is_unspecified() {
-            ReplyTarget::Unicast {
-                mac: client.mac,
-                ip: request_ciaddr,
-            }
-        } else if request.flags().broadcast() || yiaddr.is_unspecified() {
-            ReplyTarget::Broadcast
-        } else {
-            ReplyTarget::Unicast {
-                mac: client.mac,
-                ip: yiaddr,
-            }
-        };
-        match kind {
-            ReplyKind::Offer => self.stats.sent_offer += 1,
-            ReplyKind::Ack => self.stats.sent_ack += 1,
-            ReplyKind::Nak => self.stats.sent_nak += 1,
-        }
-        Ok(Reply { payload, to, kind })
     }
 
     fn insert_network_options(&self, opts: &mut v4::DhcpOptions) {
@@ -127,5 +101,62 @@ impl DhcpServer {
         }
         opts.insert(DhcpOption::InterfaceMtu(self.config.mtu));
         opts.insert(DhcpOption::BroadcastAddr(self.config.broadcast_address()));
+    }
+}
+
+/// The BOOTREPLY header for `request`, without options.
+fn reply_message(request: &Message, client: &Client, kind: ReplyKind, yiaddr: Ipv4Addr) -> Message {
+    // RFC 2131 table 3: ciaddr is echoed only in ACKs.
+    let ciaddr = match kind {
+        ReplyKind::Ack => request.ciaddr(),
+        ReplyKind::Offer | ReplyKind::Nak => Ipv4Addr::UNSPECIFIED,
+    };
+    let mut reply = Message::new_with_id(
+        request.xid(),
+        ciaddr,
+        yiaddr,
+        Ipv4Addr::UNSPECIFIED,
+        request.giaddr(),
+        &client.chaddr.0,
+    );
+    reply
+        .set_opcode(Opcode::BootReply)
+        .set_htype(HType::Eth)
+        .set_flags(request.flags());
+    reply
+}
+
+fn encode_padded(reply: &Message) -> Result<Vec<u8>, DhcpError> {
+    let mut payload = Vec::with_capacity(MIN_REPLY_LEN);
+    reply.encode(&mut Encoder::new(&mut payload))?;
+    if payload.len() < MIN_REPLY_LEN {
+        payload.resize(MIN_REPLY_LEN, 0);
+    }
+    Ok(payload)
+}
+
+/// RFC 2131 4.1: NAKs broadcast; otherwise ciaddr if the client has one, else broadcast
+/// when asked to (or when there is no address), else the offered address.
+fn reply_target(
+    request: &Message,
+    client: &Client,
+    kind: ReplyKind,
+    yiaddr: Ipv4Addr,
+) -> ReplyTarget {
+    let request_ciaddr = request.ciaddr();
+    if kind == ReplyKind::Nak {
+        ReplyTarget::Broadcast
+    } else if !request_ciaddr.is_unspecified() {
+        ReplyTarget::Unicast {
+            mac: client.mac,
+            ip: request_ciaddr,
+        }
+    } else if request.flags().broadcast() || yiaddr.is_unspecified() {
+        ReplyTarget::Broadcast
+    } else {
+        ReplyTarget::Unicast {
+            mac: client.mac,
+            ip: yiaddr,
+        }
     }
 }
