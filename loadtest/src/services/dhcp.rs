@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use tokio::sync::{Semaphore, watch};
 
 use super::vm::{Vm, connect_all};
-use super::{CpuSample, DhcpReport, in_flight};
+use super::{CpuSample, CpuUse, DhcpReport, in_flight};
 use crate::packets::{self, DhcpType};
 use crate::report::base_report;
 use crate::{Args, Errors, Latency, Report, new_histogram, secs};
@@ -133,6 +134,19 @@ impl DhcpCounters {
     }
 }
 
+/// What every VM's handshake task shares.
+struct DhcpRun {
+    rounds: u32,
+    /// Handshakes in flight at once, over all VMs.
+    permits: Semaphore,
+    counters: DhcpCounters,
+    errors: Arc<Errors>,
+    reply_timeout: Duration,
+}
+
+/// One VM's handshakes: the VM (to close it), their latencies, when the last one ended.
+type VmRounds = (Vm, Histogram<u64>, Option<Instant>);
+
 pub(crate) async fn run_dhcp(args: &Args) -> anyhow::Result<Report> {
     let errors = Arc::new(Errors::default());
     let (vms, connect_seconds) = connect_all(args, &errors).await;
@@ -142,40 +156,19 @@ pub(crate) async fn run_dhcp(args: &Args) -> anyhow::Result<Report> {
         args.clients
     );
     let in_flight = in_flight(args, 64);
-    let rounds = args.rounds.max(1);
-    let permits = Arc::new(Semaphore::new(in_flight as usize));
-    let counters = Arc::new(DhcpCounters::default());
-    let reply_timeout = secs(args.reply_timeout);
+    let run = Arc::new(DhcpRun {
+        rounds: args.rounds.max(1),
+        permits: Semaphore::new(in_flight as usize),
+        counters: DhcpCounters::default(),
+        errors: errors.clone(),
+        reply_timeout: secs(args.reply_timeout),
+    });
     let (start_tx, start_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
-    for mut vm in vms.into_iter().flatten() {
-        let (permits, counters, errors) = (permits.clone(), counters.clone(), errors.clone());
-        let mut start_rx = start_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut hist = new_histogram();
-            let mut last_end = None;
-            let _ = start_rx.wait_for(|&go| go).await;
-            for round in 0..rounds {
-                let Ok(_permit) = permits.acquire().await else {
-                    break;
-                };
-                let mut stats = HandshakeStats::default();
-                let t0 = Instant::now();
-                let id = xid(vm.index, round);
-                let result = handshake(&mut vm, id, reply_timeout, &mut stats).await;
-                let end = Instant::now();
-                counters
-                    .retransmissions
-                    .fetch_add(stats.retransmissions, Ordering::Relaxed);
-                counters.record(vm.index, &result, &errors);
-                if result.is_ok() {
-                    hist.saturating_record((end - t0).as_nanos() as u64);
-                    last_end = Some(end);
-                }
-            }
-            (vm, hist, last_end)
-        }));
-    }
+    let tasks: Vec<_> = vms
+        .into_iter()
+        .flatten()
+        .map(|vm| tokio::spawn(vm_rounds(vm, run.clone(), start_rx.clone())))
+        .collect();
     let cpu = CpuSample::start(args.relay_pid);
     let own_cpu = CpuSample::start(Some(std::process::id()));
     let start = Instant::now();
@@ -195,12 +188,7 @@ pub(crate) async fn run_dhcp(args: &Args) -> anyhow::Result<Report> {
     for vm in vms {
         vm.close().await;
     }
-    let handshakes = counters.handshakes.load(Ordering::Relaxed);
     let seconds = (last_end - start).as_secs_f64();
-    let relay_cpu_us_per_handshake = relay_cpu
-        .as_ref()
-        .filter(|_| handshakes > 0)
-        .map(|c| c.cpu_seconds * 1e6 / handshakes as f64);
     let (error_count, error_samples) = errors.take();
     Ok(Report {
         connected,
@@ -208,26 +196,72 @@ pub(crate) async fn run_dhcp(args: &Args) -> anyhow::Result<Report> {
         connect_seconds,
         errors: error_count,
         error_samples,
-        dhcp: Some(DhcpReport {
-            rounds,
+        dhcp: Some(run.report(in_flight, seconds, &hist, relay_cpu, loadgen_cpu)),
+        ..base_report(args)
+    })
+}
+
+/// `rounds` handshakes, one after the other, once the common start is given; each waits
+/// for a permit so at most `--in-flight` run at once over all VMs.
+async fn vm_rounds(mut vm: Vm, run: Arc<DhcpRun>, mut start_rx: watch::Receiver<bool>) -> VmRounds {
+    let mut hist = new_histogram();
+    let mut last_end = None;
+    let _ = start_rx.wait_for(|&go| go).await;
+    for round in 0..run.rounds {
+        let Ok(_permit) = run.permits.acquire().await else {
+            break;
+        };
+        let mut stats = HandshakeStats::default();
+        let t0 = Instant::now();
+        let id = xid(vm.index, round);
+        let result = handshake(&mut vm, id, run.reply_timeout, &mut stats).await;
+        let end = Instant::now();
+        run.counters
+            .retransmissions
+            .fetch_add(stats.retransmissions, Ordering::Relaxed);
+        run.counters.record(vm.index, &result, &run.errors);
+        if result.is_ok() {
+            hist.saturating_record((end - t0).as_nanos() as u64);
+            last_end = Some(end);
+        }
+    }
+    (vm, hist, last_end)
+}
+
+impl DhcpRun {
+    /// `seconds` runs from the common start to the end of the last handshake.
+    fn report(
+        &self,
+        in_flight: u32,
+        seconds: f64,
+        hist: &Histogram<u64>,
+        relay_cpu: Option<CpuUse>,
+        loadgen_cpu: Option<CpuUse>,
+    ) -> DhcpReport {
+        let handshakes = self.counters.handshakes.load(Ordering::Relaxed);
+        let relay_cpu_us_per_handshake = relay_cpu
+            .as_ref()
+            .filter(|_| handshakes > 0)
+            .map(|c| c.cpu_seconds * 1e6 / handshakes as f64);
+        DhcpReport {
+            rounds: self.rounds,
             in_flight,
             handshakes,
-            failed: counters.failed.load(Ordering::Relaxed),
-            naks: counters.naks.load(Ordering::Relaxed),
-            retransmissions: counters.retransmissions.load(Ordering::Relaxed),
+            failed: self.counters.failed.load(Ordering::Relaxed),
+            naks: self.counters.naks.load(Ordering::Relaxed),
+            retransmissions: self.counters.retransmissions.load(Ordering::Relaxed),
             seconds,
             handshakes_per_s: if seconds > 0.0 {
                 handshakes as f64 / seconds
             } else {
                 0.0
             },
-            latency: Latency::of(&hist),
+            latency: Latency::of(hist),
             relay_cpu,
             relay_cpu_us_per_handshake,
             loadgen_cpu,
-        }),
-        ..base_report(args)
-    })
+        }
+    }
 }
 
 #[cfg(test)]
