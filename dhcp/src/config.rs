@@ -195,6 +195,24 @@ impl DhcpConfig {
 
     /// Check every field; the error names the first bad one and how to fix it.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_subnet()?;
+        self.validate_server_addresses()?;
+        self.validate_pool()?;
+        self.validate_timers()?;
+        self.validate_options()?;
+        self.validate_static_leases()
+    }
+
+    fn outside_subnet(&self, field: &'static str, ip: Ipv4Addr) -> ConfigError {
+        ConfigError::OutsideSubnet {
+            field,
+            ip,
+            subnet: self.subnet,
+            prefix_len: self.prefix_len,
+        }
+    }
+
+    fn validate_subnet(&self) -> Result<(), ConfigError> {
         if !(8..=30).contains(&self.prefix_len) {
             return Err(ConfigError::PrefixLen(self.prefix_len));
         }
@@ -206,17 +224,16 @@ impl DhcpConfig {
                 network,
             });
         }
-        let outside = |field, ip| ConfigError::OutsideSubnet {
-            field,
-            ip,
-            subnet: self.subnet,
-            prefix_len: self.prefix_len,
-        };
+        Ok(())
+    }
+
+    /// Router, server id and DNS servers.
+    fn validate_server_addresses(&self) -> Result<(), ConfigError> {
         if !self.is_host_address(self.router) {
-            return Err(outside("router", self.router));
+            return Err(self.outside_subnet("router", self.router));
         }
         if !self.is_host_address(self.effective_server_id()) {
-            return Err(outside("server_id", self.effective_server_id()));
+            return Err(self.outside_subnet("server_id", self.effective_server_id()));
         }
         for &dns in &self.dns_servers {
             if dns.is_unspecified() || dns.is_broadcast() || dns.is_multicast() {
@@ -226,11 +243,15 @@ impl DhcpConfig {
                 });
             }
         }
+        Ok(())
+    }
+
+    fn validate_pool(&self) -> Result<(), ConfigError> {
         if !self.is_host_address(self.pool_start) {
-            return Err(outside("pool_start", self.pool_start));
+            return Err(self.outside_subnet("pool_start", self.pool_start));
         }
         if !self.is_host_address(self.pool_end) {
-            return Err(outside("pool_end", self.pool_end));
+            return Err(self.outside_subnet("pool_end", self.pool_end));
         }
         if self.pool_start > self.pool_end {
             return Err(ConfigError::PoolReversed {
@@ -253,6 +274,11 @@ impl DhcpConfig {
                 end: self.pool_end,
             });
         }
+        Ok(())
+    }
+
+    /// Lease time, offer timeout and decline quarantine.
+    fn validate_timers(&self) -> Result<(), ConfigError> {
         let lease_secs = self.lease_time.as_secs();
         if !(60..=30 * 86_400).contains(&lease_secs) {
             return Err(ConfigError::LeaseTime(lease_secs));
@@ -265,6 +291,11 @@ impl DhcpConfig {
                 self.decline_quarantine.as_secs(),
             ));
         }
+        Ok(())
+    }
+
+    /// MTU, domain name and the remembered-clients bound.
+    fn validate_options(&self) -> Result<(), ConfigError> {
         if self.mtu < 576 {
             return Err(ConfigError::Mtu(self.mtu));
         }
@@ -274,6 +305,10 @@ impl DhcpConfig {
         if self.max_remembered_clients > MAX_REMEMBERED_CLIENTS {
             return Err(ConfigError::MaxRemembered(self.max_remembered_clients));
         }
+        Ok(())
+    }
+
+    fn validate_static_leases(&self) -> Result<(), ConfigError> {
         let mut macs = HashSet::new();
         let mut ips = HashSet::new();
         for lease in &self.static_leases {
@@ -284,7 +319,7 @@ impl DhcpConfig {
                 return Err(ConfigError::DuplicateStaticMac(lease.mac));
             }
             if !self.is_host_address(lease.ip) {
-                return Err(outside("static_leases.ip", lease.ip));
+                return Err(self.outside_subnet("static_leases.ip", lease.ip));
             }
             if self.is_reserved(lease.ip) {
                 return Err(ConfigError::StaticIpReserved(lease.ip));
