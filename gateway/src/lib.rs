@@ -58,14 +58,15 @@
 //!   (`max_neighbors`), lease events ([`MAX_PENDING_LEASE_EVENTS`], oldest dropped), plus
 //!   the DHCP and DNS crates' own bounds. No input panics.
 
-// Layers, each importing only the ones above it: `config`, `emit` (every frame and packet
-// we send is built there) and `neighbors` import nothing from the crate; `nat` imports
-// `config` and `emit`; `gateway` imports them all.
+// Layers, each importing only the ones above it: `wire` (IPv4 fragments), `config`, `emit`
+// (every frame and packet we send is built there) and `neighbors` import nothing from the
+// crate; `nat` imports `config`, `emit` and `wire`; `gateway` imports them all.
 mod config;
 mod emit;
 mod gateway;
 pub mod nat;
 mod neighbors;
+pub mod wire;
 
 #[cfg(test)]
 mod tests;
@@ -78,5 +79,6 @@ pub use nat::{
     NatConfig, NatProtocol, NatStats, PolicyRule, TcpStatus,
 };
 pub use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
+pub use wire::frag::{FragDrop, FragDropCounts, FragLimits, FragStats};
 /// Re-exported so drivers use the same versions.
 pub use {dhcp, dns, smoltcp};
