@@ -32,6 +32,9 @@ pub(crate) enum Transport<'a> {
     },
     Tcp(TcpRepr<'a>),
     Icmp(Icmpv4Repr<'a>),
+    /// ICMP "fragmentation needed": smoltcp's repr has no field for the next-hop MTU
+    /// (RFC 1191), which goes into the second half of the unused word.
+    FragNeeded(Icmpv4Repr<'a>, u16),
 }
 
 /// One IPv4 packet to emit: addresses and transport; TTL, DF and checksums are ours.
@@ -81,6 +84,26 @@ impl<'a> OutPacket<'a> {
         Self::icmp(router, about.src_addr, message)
     }
 
+    /// ICMP "fragmentation needed and DF set" from `router` to the sender of `about`, with
+    /// the next-hop `mtu`, quoting the first 8 bytes of its payload.
+    pub(crate) fn frag_needed(
+        router: Ipv4Addr,
+        about: &Ipv4Repr,
+        payload: &'a [u8],
+        mtu: u16,
+    ) -> Self {
+        let message = Icmpv4Repr::DstUnreachable {
+            reason: Icmpv4DstUnreachable::FragRequired,
+            header: *about,
+            data: &payload[..payload.len().min(8)],
+        };
+        Self {
+            src: router,
+            dst: about.src_addr,
+            transport: Transport::FragNeeded(message, mtu),
+        }
+    }
+
     /// The RST that answers `segment`, which arrived in `about`: from its destination back
     /// to its source (see [`reset_for`]).
     pub(crate) fn reset(about: &Ipv4Repr, segment: &TcpRepr) -> OutPacket<'static> {
@@ -95,7 +118,7 @@ impl<'a> OutPacket<'a> {
         match self.transport {
             Transport::Udp { .. } => IpProtocol::Udp,
             Transport::Tcp(_) => IpProtocol::Tcp,
-            Transport::Icmp(_) => IpProtocol::Icmp,
+            Transport::Icmp(_) | Transport::FragNeeded(..) => IpProtocol::Icmp,
         }
     }
 
@@ -103,7 +126,7 @@ impl<'a> OutPacket<'a> {
         match &self.transport {
             Transport::Udp { payload, .. } => UDP_HEADER_LEN + payload.len(),
             Transport::Tcp(segment) => segment.buffer_len(),
-            Transport::Icmp(message) => message.buffer_len(),
+            Transport::Icmp(message) | Transport::FragNeeded(message, _) => message.buffer_len(),
         }
     }
 
@@ -151,6 +174,13 @@ impl<'a> OutPacket<'a> {
             }
             Transport::Icmp(message) => {
                 message.emit(&mut Icmpv4Packet::new_unchecked(out), &caps);
+            }
+            Transport::FragNeeded(message, mtu) => {
+                let mut icmp = Icmpv4Packet::new_unchecked(out);
+                message.emit(&mut icmp, &caps);
+                // Bytes 6..8 of a destination unreachable: the echo sequence number's place.
+                icmp.set_echo_seq_no(*mtu);
+                icmp.fill_checksum();
             }
         }
     }

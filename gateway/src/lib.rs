@@ -40,7 +40,11 @@
 //!   skipped. Broadcast, multicast or our own addresses as source are malformed.
 //!   Packets to anything but our two addresses and broadcast go to the NAT when it is
 //!   enabled ([`Gateway::enable_nat`], see [`Nat`]), and are otherwise dropped and
-//!   counted in `not_routed`. Fragments to us are dropped and counted.
+//!   counted in `not_routed`. Fragments from LAN hosts, to us or through the NAT, are
+//!   reassembled first ([`wire::frag`]: bounded per VM and per LAN, 30 s timeout, drops
+//!   counted by [`FragDrop`]); fragments to broadcast addresses are dropped. A packet with
+//!   DF set and longer than the MTU, to us or through the NAT, is answered with ICMP
+//!   "fragmentation needed" carrying the MTU (a VM whose own MTU is larger learns ours).
 //! - **ICMP**: echo requests to either address get a reply with the same id, sequence and
 //!   data. Broadcast pings and other ICMP are ignored.
 //! - **DHCP**: UDP to port 67 (broadcast or our address) goes to the server; replies go
@@ -52,20 +56,23 @@
 //!   gets a RST.
 //! - **Lease names**: `Bound` with a host name publishes `host -> ip` in DNS; `Released`,
 //!   `Expired`, `Declined` and `Bound` without a name withdraw it.
-//! - **Emitted packets**: TTL 64, DF, correct checksums, frames padded to 60 bytes; IPv4
-//!   packets over the MTU are dropped and counted (`oversized`).
+//! - **Emitted packets**: TTL 64, DF, correct checksums, frames padded to 60 bytes; the
+//!   NAT's UDP datagrams and echo replies over the MTU go out in fragments (DF clear, one
+//!   identification per datagram); the gateway's own answers over the MTU are dropped and
+//!   counted (`oversized`).
 //! - **Bounds**: output queue (`max_queued_frames`, tail drop), neighbour cache
 //!   (`max_neighbors`), lease events ([`MAX_PENDING_LEASE_EVENTS`], oldest dropped), plus
 //!   the DHCP and DNS crates' own bounds. No input panics.
 
-// Layers, each importing only the ones above it: `config`, `emit` (every frame and packet
-// we send is built there) and `neighbors` import nothing from the crate; `nat` imports
-// `config` and `emit`; `gateway` imports them all.
+// Layers, each importing only the ones above it: `wire` (IPv4 fragments), `config`, `emit`
+// (every frame and packet we send is built there) and `neighbors` import nothing from the
+// crate; `nat` imports `config`, `emit` and `wire`; `gateway` imports them all.
 mod config;
 mod emit;
 mod gateway;
 pub mod nat;
 mod neighbors;
+pub mod wire;
 
 #[cfg(test)]
 mod tests;
@@ -78,5 +85,6 @@ pub use nat::{
     NatConfig, NatProtocol, NatStats, PolicyRule, TcpStatus,
 };
 pub use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
+pub use wire::frag::{FragDrop, FragDropCounts, FragLimits, FragStats};
 /// Re-exported so drivers use the same versions.
 pub use {dhcp, dns, smoltcp};

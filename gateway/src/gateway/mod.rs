@@ -21,6 +21,7 @@ use crate::config::GatewayConfig;
 use crate::emit::OutPacket;
 use crate::nat::{Nat, NatConfig};
 use crate::neighbors::NeighborCache;
+use crate::wire::frag::{FragDropCounts, FragLimits, Reassembler};
 
 /// Lease events kept for [`Gateway::poll_lease_event`]; the oldest are dropped beyond.
 pub const MAX_PENDING_LEASE_EVENTS: usize = dhcp::MAX_PENDING_EVENTS;
@@ -29,9 +30,10 @@ const DHCP_SERVER_PORT: u16 = 67;
 const DHCP_CLIENT_PORT: u16 = 68;
 const DNS_PORT: u16 = 53;
 
-/// Counters (monotonic) and two gauges. Every frame given to [`Gateway::handle_frame`]
-/// ends up in exactly one of `arp_replies`, `icmp_echo_replies`, `dhcp_messages`,
-/// `dns_queries`, `dns_tcp_reset`, `not_routed`, `fragments`, `malformed` or `ignored`.
+/// Counters (monotonic) and gauges. Every frame given to [`Gateway::handle_frame`] ends up
+/// in exactly one of `arp_replies`, `icmp_echo_replies`, `dhcp_messages`, `dns_queries`,
+/// `dns_tcp_reset`, `not_routed`, `fragments`, `frag_needed`, `malformed` or `ignored`; a
+/// datagram reassembled from fragments is then counted once more, like a frame.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GatewayStats {
     /// ARP requests for the gateway or DNS address answered.
@@ -52,8 +54,17 @@ pub struct GatewayStats {
     pub ignored: u64,
     /// TCP segments to DNS port 53 answered with RST (no DNS over TCP yet).
     pub dns_tcp_reset: u64,
-    /// IPv4 fragments to our addresses (nothing we serve needs reassembly).
+    /// IPv4 fragments from the LAN (see `fragments_reassembled` and `fragment_drops`;
+    /// fragments to broadcast addresses are dropped).
     pub fragments: u64,
+    /// Datagrams reassembled from VMs' fragments (to us or through the NAT).
+    pub fragments_reassembled: u64,
+    /// Datagrams under reassembly discarded (or lone fragments refused), by reason.
+    pub fragment_drops: FragDropCounts,
+    /// Gauge: bytes held by datagrams under reassembly.
+    pub fragment_bytes: usize,
+    /// ICMP "fragmentation needed" sent for DF packets over the LAN's MTU.
+    pub frag_needed: u64,
     /// Frames not queued because the output queue was full.
     pub queue_drops: u64,
     /// Late DNS answers whose client address is not in the neighbour cache.
@@ -86,6 +97,8 @@ pub struct Gateway {
     stats: GatewayStats,
     /// Routes traffic to outside addresses once enabled; without it, that is `not_routed`.
     nat: Option<Box<Nat>>,
+    /// Fragments from the LAN's hosts, until their datagrams are whole.
+    frags: Reassembler,
 }
 
 impl Gateway {
@@ -105,6 +118,7 @@ impl Gateway {
             lease_events: VecDeque::new(),
             stats: GatewayStats::default(),
             nat: None,
+            frags: Reassembler::new(FragLimits::default()),
         };
         // The server may come with leases already (restored before it was handed over).
         gateway.republish_leases();
@@ -169,14 +183,20 @@ impl Gateway {
         self.drain_dns_answers(now);
     }
 
-    /// When [`Self::handle_timeout`] next has work: the earliest of the DHCP, DNS and NAT
-    /// timers.
+    /// When [`Self::handle_timeout`] next has work: the earliest of the DHCP, DNS, NAT and
+    /// fragment reassembly timers.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let nat = self.nat.as_mut().and_then(|nat| nat.poll_timeout());
-        [self.dhcp.poll_timeout(), self.dns.poll_timeout(), nat]
-            .into_iter()
-            .flatten()
-            .min()
+        let frags = self.frags.poll_timeout();
+        [
+            self.dhcp.poll_timeout(),
+            self.dns.poll_timeout(),
+            nat,
+            frags,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Expires leases and offers, fails overdue DNS lookups (their SERVFAIL answers are
@@ -187,6 +207,8 @@ impl Gateway {
         if let Some(nat) = self.nat.as_mut() {
             nat.handle_timeout(now);
         }
+        self.frags.handle_timeout(now);
+        self.sync_frag_stats();
         self.drain_dns_tcp_queries(now);
         self.drain_dns_answers(now);
         self.sync_leases();
@@ -281,6 +303,13 @@ impl Gateway {
         }
         self.frames.push_back(frame);
         self.stats.queued_frames = self.frames.len();
+    }
+
+    fn sync_frag_stats(&mut self) {
+        let frags = self.frags.stats();
+        self.stats.fragments_reassembled = frags.reassembled;
+        self.stats.fragment_drops = frags.drops.clone();
+        self.stats.fragment_bytes = self.frags.pending_bytes();
     }
 
     fn is_local(&self, ip: Ipv4Addr) -> bool {

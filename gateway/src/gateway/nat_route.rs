@@ -41,10 +41,6 @@ impl Gateway {
             self.stats.ignored += 1;
             return;
         }
-        if packet.more_frags() || packet.frag_offset() != 0 {
-            self.stats.fragments += 1;
-            return;
-        }
         let caps = ChecksumCapabilities::default();
         let Ok(ip) = Ipv4Repr::parse(packet, &caps) else {
             self.stats.malformed += 1;

@@ -15,6 +15,7 @@ use smoltcp::wire::{
 
 use super::{DHCP_CLIENT_PORT, DHCP_SERVER_PORT, DNS_PORT, Gateway, is_host_mac};
 use crate::emit::{self, OutPacket};
+use crate::wire::frag::is_fragment;
 
 /// Where an IPv4 packet that reached the gateway port is headed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,11 +125,7 @@ impl Gateway {
         self.learn(src, frame_src);
         let destination = self.destination(packet.dst_addr());
         match destination {
-            Destination::Elsewhere if self.nat.is_some() => {
-                self.route_out(now, &packet);
-                return;
-            }
-            Destination::Elsewhere => {
+            Destination::Elsewhere if self.nat.is_none() => {
                 self.stats.not_routed += 1;
                 return;
             }
@@ -136,13 +133,77 @@ impl Gateway {
                 self.stats.ignored += 1;
                 return;
             }
-            Destination::Local | Destination::Broadcast => {}
+            _ => {}
         }
-        if packet.more_frags() || packet.frag_offset() != 0 {
-            self.stats.fragments += 1;
+        if is_fragment(&packet) {
+            self.handle_fragment(now, frame_src, &packet, destination);
+        } else if packet.dont_frag()
+            && usize::from(packet.total_len()) > usize::from(self.config.mtu)
+            && destination != Destination::Broadcast
+        {
+            self.answer_frag_needed(frame_src, &packet);
+        } else {
+            self.handle_whole_ipv4(now, frame_src, &packet, destination);
+        }
+    }
+
+    /// A fragment from a LAN host to us or through the NAT goes to the reassembler; the
+    /// datagram it completes is handled like any other. Broadcast fragments are dropped.
+    fn handle_fragment(
+        &mut self,
+        now: Instant,
+        frame_src: EthernetAddress,
+        packet: &Ipv4Packet<&[u8]>,
+        destination: Destination,
+    ) {
+        self.stats.fragments += 1;
+        if destination == Destination::Broadcast || !self.config.is_host_address(packet.src_addr())
+        {
             return;
         }
-        let Ok(ip) = Ipv4Repr::parse(&packet, &ChecksumCapabilities::default()) else {
+        let whole = self.frags.handle(now, packet.as_ref());
+        self.sync_frag_stats();
+        if let Some(whole) = whole
+            && let Ok(whole) = Ipv4Packet::new_checked(&whole[..])
+        {
+            self.handle_whole_ipv4(now, frame_src, &whole, destination);
+        }
+    }
+
+    /// A DF packet over the LAN's MTU: we would not carry it on a real link of that MTU,
+    /// so the sender learns the MTU (RFC 1191) instead of having it dropped silently.
+    fn answer_frag_needed(&mut self, frame_src: EthernetAddress, packet: &Ipv4Packet<&[u8]>) {
+        let Ok(ip) = Ipv4Repr::parse(packet, &ChecksumCapabilities::default()) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        if ip.src_addr.is_unspecified() {
+            self.stats.ignored += 1;
+            return;
+        }
+        self.stats.frag_needed += 1;
+        let answer = OutPacket::frag_needed(
+            self.config.gateway_ip,
+            &ip,
+            packet.payload(),
+            self.config.mtu,
+        );
+        self.emit_ipv4(frame_src, &answer);
+    }
+
+    /// A whole IPv4 packet (never a fragment) to us, broadcast, or through the NAT.
+    fn handle_whole_ipv4(
+        &mut self,
+        now: Instant,
+        frame_src: EthernetAddress,
+        packet: &Ipv4Packet<&[u8]>,
+        destination: Destination,
+    ) {
+        if destination == Destination::Elsewhere {
+            self.route_out(now, packet);
+            return;
+        }
+        let Ok(ip) = Ipv4Repr::parse(packet, &ChecksumCapabilities::default()) else {
             self.stats.malformed += 1;
             return;
         };
@@ -153,7 +214,7 @@ impl Gateway {
             }
             IpProtocol::Udp => self.handle_udp(now, frame_src, &ip, data),
             IpProtocol::Tcp if destination == Destination::Local && self.nat.is_some() => {
-                self.route_local_tcp(now, &ip, &packet);
+                self.route_local_tcp(now, &ip, packet);
             }
             IpProtocol::Tcp if destination == Destination::Local => {
                 self.handle_tcp(frame_src, &ip, data);

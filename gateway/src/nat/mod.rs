@@ -68,7 +68,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
-use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Packet};
 
 use device::OneShotDevice;
 use dns_tcp::DnsConn;
@@ -80,6 +80,7 @@ pub use tcp::{ConnectFailure, TcpStatus};
 
 use crate::config::GatewayConfig;
 use crate::emit::{HEADROOM, OutPacket};
+use crate::wire::frag::fragment;
 
 /// NAT settings of one LAN.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,8 +180,8 @@ pub struct NatStats {
     pub connect_failed: u64,
     /// Flows ended by an idle or handshake timeout.
     pub timeouts: u64,
-    /// IPv4 fragments to outside addresses (not reassembled).
-    pub fragments: u64,
+    /// Datagrams for VMs sent in fragments: UDP or echo replies over the LAN's MTU.
+    pub fragmented: u64,
     /// UDP from peers the flow never sent to, or for flows that are gone.
     pub unsolicited: u64,
     /// Gauge: DNS over TCP connections.
@@ -220,6 +221,8 @@ pub struct Nat {
     next_dns_conn: u64,
     next_sweep: Instant,
     next_inbound_port: u16,
+    /// IPv4 identification of the next datagram we fragment (the VM reassembles by it).
+    next_ident: u16,
     stats: NatStats,
 }
 
@@ -288,6 +291,7 @@ impl Nat {
             next_dns_conn: 1,
             next_sweep: now + SWEEP_INTERVAL,
             next_inbound_port: *INBOUND_PORTS.start(),
+            next_ident: 1,
             stats: NatStats::default(),
         };
         nat.ensure_dns_listener();
@@ -381,11 +385,24 @@ impl Nat {
     }
 
     /// Queues an IP packet for the LAN, with [`HEADROOM`] for its Ethernet header.
+    ///
+    /// Packets over the LAN's MTU (a large UDP datagram or echo reply from the internet;
+    /// the host kernel reassembled it) are sent in fragments: toward the VM we are the
+    /// sender, and a VM's stack reassembles like any host's. No ICMP "fragmentation
+    /// needed" goes the other way: the remote's packet never crosses our LAN as such.
     fn push(&mut self, packet: &OutPacket) {
-        // The gateway drops what exceeds the MTU; build it anyway only if it fits.
-        if packet.len() > self.mtu {
+        if packet.len() <= self.mtu {
+            self.tx.push_back(packet.packet_bytes(HEADROOM));
             return;
         }
-        self.tx.push_back(packet.packet_bytes(HEADROOM));
+        let mut whole = packet.packet_bytes(0);
+        let mut ip = Ipv4Packet::new_unchecked(&mut whole[..]);
+        ip.set_ident(self.next_ident);
+        self.next_ident = self.next_ident.wrapping_add(1);
+        let pieces = fragment(&whole, self.mtu, HEADROOM);
+        if !pieces.is_empty() {
+            self.stats.fragmented += 1;
+            self.tx.extend(pieces);
+        }
     }
 }

@@ -227,6 +227,8 @@ fn oversized_answer_is_dropped_and_counted() {
     let mut ping = hex(PING_GATEWAY)[..46].to_vec();
     ping.extend_from_slice(&[0x55; 600]);
     ping[16..18].copy_from_slice(&(32u16 + 600).to_be_bytes());
+    // DF clear: with DF the request itself would get "fragmentation needed".
+    ping[20] = 0x00;
     Ipv4Packet::new_unchecked(&mut ping[14..]).fill_checksum();
     Icmpv4Packet::new_unchecked(&mut ping[34..]).fill_checksum();
     gateway.handle_frame(Instant::now(), &ping);

@@ -150,14 +150,21 @@ fn ipv4_options_are_skipped() {
 }
 
 #[test]
-fn fragments_to_us_are_dropped_and_counted() {
+fn a_lone_fragment_to_us_waits_then_times_out() {
     let mut gateway = gateway();
     let mut ping = hex(PING_GATEWAY);
-    ping[20] = 0x20; // MF, DF cleared
+    // The last fragment of a datagram (offset 8, DF and MF clear): its start never comes.
+    ping[20..22].copy_from_slice(&[0x00, 0x01]);
     Ipv4Packet::new_unchecked(&mut ping[14..46]).fill_checksum();
-    gateway.handle_frame(Instant::now(), &ping);
+    let now = Instant::now();
+    gateway.handle_frame(now, &ping);
     assert!(drain(&mut gateway).is_empty());
     assert_eq!(gateway.stats().fragments, 1);
+    // Held for reassembly until the timeout, then dropped and counted.
+    assert!(gateway.stats().fragment_bytes > 0);
+    gateway.handle_timeout(now + FragLimits::default().timeout);
+    assert_eq!(gateway.stats().fragment_bytes, 0);
+    assert_eq!(gateway.stats().fragment_drops.get(FragDrop::Timeout), 1);
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 mod bounds;
 mod dhcp_dns;
+mod fragments;
 mod frames;
 mod nat;
 

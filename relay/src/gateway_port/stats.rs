@@ -85,6 +85,12 @@ pub(crate) struct GatewaySums {
     nat_connect_failed: u64,
     nat_timeouts: u64,
     dns_tcp_connections: u64,
+    fragments: u64,
+    fragments_reassembled: u64,
+    fragment_drops: gateway::FragDropCounts,
+    fragment_bytes: u64,
+    frag_needed: u64,
+    nat_fragmented: u64,
 }
 
 fn add_all<const N: usize>(into: &mut [u64; N], from: &[u64; N]) {
@@ -126,6 +132,11 @@ impl GatewaySums {
             active_leases: d.active_leases,
             malformed: g.malformed,
             not_routed: g.not_routed,
+            fragments: g.fragments,
+            fragments_reassembled: g.fragments_reassembled,
+            fragment_drops: g.fragment_drops.clone(),
+            fragment_bytes: g.fragment_bytes as u64,
+            frag_needed: g.frag_needed,
             ..GatewaySums::default()
         };
         if let Some(nat) = gateway.nat() {
@@ -137,6 +148,7 @@ impl GatewaySums {
             sums.nat_bytes_in = n.bytes_in;
             sums.nat_connect_failed = n.connect_failed;
             sums.nat_timeouts = n.timeouts;
+            sums.nat_fragmented = n.fragmented;
             sums.dns_tcp_connections = n.dns_tcp_connections as u64;
         }
         sums
@@ -157,7 +169,13 @@ impl GatewaySums {
         self.nat_bytes_in += other.nat_bytes_in;
         self.nat_connect_failed += other.nat_connect_failed;
         self.nat_timeouts += other.nat_timeouts;
+        self.fragments += other.fragments;
+        self.fragments_reassembled += other.fragments_reassembled;
+        self.fragment_drops.merge(&other.fragment_drops);
+        self.frag_needed += other.frag_needed;
+        self.nat_fragmented += other.nat_fragmented;
         if with_gauges {
+            self.fragment_bytes += other.fragment_bytes;
             self.active_leases += other.active_leases;
             add_all(&mut self.nat_flows_active, &other.nat_flows_active);
             self.dns_tcp_connections += other.dns_tcp_connections;
@@ -252,6 +270,7 @@ impl GatewayStatsRegistry {
             ),
         ];
         families.extend(g.nat_families(totals));
+        families.extend(g.fragment_families());
         families
     }
 
@@ -263,6 +282,42 @@ impl GatewayStatsRegistry {
 }
 
 impl GatewaySums {
+    fn fragment_families(&self) -> Vec<Family> {
+        vec![
+            Family::counter(
+                "ip_fragments_received",
+                "IPv4 fragments from VMs (to the gateway or through NAT)",
+                self.fragments,
+            ),
+            Family::counter(
+                "ip_fragments_reassembled",
+                "IPv4 datagrams reassembled from VMs' fragments",
+                self.fragments_reassembled,
+            ),
+            Family::counters_by(
+                "ip_fragment_drops",
+                "IPv4 datagrams under reassembly discarded (or lone fragments refused), by reason",
+                "reason",
+                gateway::FragDrop::ALL.map(|r| (r.as_str(), self.fragment_drops.get(r))),
+            ),
+            Family::gauge(
+                "ip_fragment_bytes",
+                "Bytes held by IPv4 datagrams under reassembly",
+                self.fragment_bytes as i64,
+            ),
+            Family::counter(
+                "ip_datagrams_fragmented",
+                "IPv4 datagrams to VMs sent in fragments (larger than the LAN MTU)",
+                self.nat_fragmented,
+            ),
+            Family::counter(
+                "icmp_frag_needed",
+                "ICMP fragmentation-needed sent to VMs for DF packets over the LAN MTU",
+                self.frag_needed,
+            ),
+        ]
+    }
+
     fn nat_families(&self, totals: &GatewayTotals) -> Vec<Family> {
         let protocols = gateway::NatProtocol::ALL;
         vec![

@@ -10,9 +10,72 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use gateway::FlowId;
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use super::{HostEvent, HostFlow, NatHost, PING_MEMORY, TaskGuard};
+use super::{HostEvent, HostFlow, NatHost, PING_MEMORY, TaskGauge, TaskGuard};
+
+/// Datagrams a UDP flow holds while its socket's send buffer is full; beyond, UDP drops.
+const UDP_BACKLOG: usize = 64;
+
+/// Sends one datagram now with a plain non-blocking `sendto`.
+///
+/// Not tokio's `try_send_to`: that refuses (`WouldBlock`) until the reactor has seen the
+/// socket writable, which a socket opened for a flow's first datagram (or a LAN's first
+/// ping) never has yet, so that datagram was lost: the first ping of 20 went unanswered.
+fn send_now(socket: &UdpSocket, payload: &[u8], to: SocketAddr) -> io::Result<usize> {
+    socket2::SockRef::from(socket).send_to(payload, &to.into())
+}
+
+/// A UDP flow's writer task: its queue of (destination, datagram), and its handle.
+type Writer = (mpsc::Sender<(SocketAddr, Vec<u8>)>, AbortHandle);
+
+/// The host socket of one UDP flow and its tasks.
+pub(super) struct UdpFlow {
+    socket: Arc<UdpSocket>,
+    reader: AbortHandle,
+    /// Set once the send buffer was full: from then on datagrams go through this writer
+    /// task, in order, and wait for room instead of being dropped.
+    writer: Option<Writer>,
+}
+
+impl Drop for UdpFlow {
+    fn drop(&mut self) {
+        self.reader.abort();
+        if let Some((_, writer)) = &self.writer {
+            writer.abort();
+        }
+    }
+}
+
+impl UdpFlow {
+    /// Sends `payload` to `to`, or holds it (bounded) until the socket has room.
+    pub(super) fn send(&mut self, tasks: &Arc<TaskGauge>, to: SocketAddr, payload: Vec<u8>) {
+        if let Some((queue, _)) = &self.writer {
+            // A full backlog drops, as a full NIC ring would.
+            let _ = queue.try_send((to, payload));
+            return;
+        }
+        match send_now(&self.socket, &payload, to) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let (queue, mut backlog) = mpsc::channel(UDP_BACKLOG);
+                let _ = queue.try_send((to, payload));
+                let socket = self.socket.clone();
+                let guard = TaskGuard::new(tasks);
+                let task = tokio::spawn(async move {
+                    let _guard = guard;
+                    while let Some((to, payload)) = backlog.recv().await {
+                        // `send_to` waits for room; an error loses only this datagram.
+                        let _ = socket.send_to(&payload, to).await;
+                    }
+                });
+                self.writer = Some((queue, task.abort_handle()));
+            }
+            // Unreachable networks and the like: UDP's loss, reported by nobody.
+            Err(_) | Ok(_) => {}
+        }
+    }
+}
 
 /// How the relay can send pings, found once at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +168,11 @@ impl NatHost {
                 Bytes::copy_from_slice(datagram),
             ))
         });
-        Ok(HostFlow::Udp { socket, reader })
+        Ok(HostFlow::Udp(UdpFlow {
+            socket,
+            reader,
+            writer: None,
+        }))
     }
 
     pub(super) fn ping(&mut self, flow: FlowId, to: Ipv4Addr, seq: u16, payload: &[u8]) {
@@ -138,7 +205,8 @@ impl NatHost {
             }
         }
         let request = echo_request(ping.ident, host_seq, payload);
-        let _ = ping.socket.try_send_to(&request, SocketAddr::from((to, 0)));
+        // A full send buffer loses this echo request, as it would on the wire.
+        let _ = send_now(&ping.socket, &request, SocketAddr::from((to, 0)));
     }
 
     fn open_ping(&self) -> io::Result<PingSocket> {

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 pub(crate) use datagram::PingMode;
-use datagram::PingSocket;
+use datagram::{PingSocket, UdpFlow};
 use tcp::{TcpFlow, push_to_vm};
 
 /// Bytes a host reader may have read ahead of smoltcp's send buffer.
@@ -87,10 +87,7 @@ impl Drop for TaskGuard {
 enum HostFlow {
     Connecting(AbortHandle),
     Tcp(TcpFlow),
-    Udp {
-        socket: Arc<UdpSocket>,
-        reader: AbortHandle,
-    },
+    Udp(UdpFlow),
     /// A UDP forward's client: answers leave from the forward's socket.
     InboundUdp(Arc<UdpSocket>),
 }
@@ -100,8 +97,8 @@ impl Drop for HostFlow {
         match self {
             HostFlow::Connecting(task) => task.abort(),
             HostFlow::Tcp(flow) => flow.tasks.iter().for_each(AbortHandle::abort),
-            HostFlow::Udp { reader, .. } => reader.abort(),
-            HostFlow::InboundUdp(_) => {}
+            // UdpFlow aborts its own tasks.
+            HostFlow::Udp(_) | HostFlow::InboundUdp(_) => {}
         }
     }
 }
@@ -286,9 +283,8 @@ impl NatHost {
                         }
                     }
                 }
-                if let Some(HostFlow::Udp { socket, .. }) = self.flows.get(&flow) {
-                    // UDP may drop: a full socket buffer loses this datagram, like a NIC.
-                    let _ = socket.try_send_to(&payload, SocketAddr::V4(to));
+                if let Some(HostFlow::Udp(udp)) = self.flows.get_mut(&flow) {
+                    udp.send(&self.shared.tasks, SocketAddr::V4(to), payload);
                 }
             }
             NatAction::PingSend {

@@ -129,5 +129,6 @@ where
     }
     panic!("timed out waiting for: {what}");
 }
+pub mod internet;
 pub mod netns;
 pub mod vm;
