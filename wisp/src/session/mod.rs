@@ -121,6 +121,10 @@ impl Session {
     /// drops them.)
     pub fn handle_message(&mut self, now: Instant, message: &[u8]) {
         self.handle_timeout(now);
+        if self.phase == Phase::Finished {
+            // The driver is closing the WebSocket; what is still in flight means nothing.
+            return;
+        }
         let frame = match Frame::parse(message) {
             Ok(frame) => frame,
             Err(e) => return self.malformed(e),

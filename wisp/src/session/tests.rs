@@ -564,7 +564,13 @@ fn v2_password_refusals() {
     };
     assert_eq!(events(&mut s), [finished]);
     s.handle_message(now, &connect(1, StreamType::Tcp, "198.18.0.1", 80));
+    s.handle_message(now, b"garbage");
     assert_eq!((transmits(&mut s), events(&mut s)), (vec![], vec![]));
+    assert_eq!(
+        s.stats().malformed_dropped,
+        0,
+        "a finished session ignores input"
+    );
 
     let (mut s, now) = password_session(PasswordAuth::Required);
     s.handle_message(now, &client_info(&[]));
