@@ -24,6 +24,7 @@ use crate::nat::{NatShared, PingMode};
 use crate::reload::{ConfigSource, Reloader};
 use crate::transport::webrtc::{self, WebRtcStartError};
 use crate::transport::webtransport::{self, WebTransportShared, WebTransportStartError};
+use crate::transport::wisp::{Resolver, WispShared};
 use crate::transport::{ClientAddr, TransportContext};
 
 /// A running relay.
@@ -216,6 +217,9 @@ impl Relay {
         let webtransport_addr =
             webtransport::start(&ctx, &webtransport_shared, listen_addr, &servers).await?;
         let webrtc = webrtc::start(&ctx).await?;
+        // Built even when [wisp] is off, so a reload can switch it on.
+        let resolver = Resolver::new(&ctx.config().dns.upstream).map_err(StartError::Dns)?;
+        let wisp = WispShared::new(resolver, crate::nat::host_addresses());
         let app = Arc::new(AppState {
             ctx: ctx.clone(),
             leases: leases.clone(),
@@ -223,6 +227,7 @@ impl Relay {
             webtransport: webtransport_shared.clone(),
             webrtc: webrtc.clone(),
             listen_addr,
+            wisp: wisp.clone(),
         });
         serve_clients(&servers, listener, tls.clone(), app.clone());
         let reloader = Arc::new(Reloader {
@@ -242,6 +247,7 @@ impl Relay {
                     forwards: gateways.forwards.clone(),
                     webtransport: webtransport_shared.stats.clone(),
                     webrtc: webrtc.clone(),
+                    wisp: wisp.stats.clone(),
                 };
                 let admin = admin::AdminState {
                     ctx: ctx.clone(),

@@ -1,5 +1,5 @@
 //! Layer 6: the HTTP side (docs/architecture.md, "Layers"). The client router on
-//! `--listen` (WebSocket joins, `/net/info`, the demo, WebRTC offers), the admin API and
+//! `--listen` (WebSocket joins, Wisp, `/net/info`, the demo, WebRTC offers), the admin API and
 //! `/metrics` on `--metrics-listen`, and TLS for the client listener.
 
 pub(crate) mod admin;
@@ -23,6 +23,7 @@ use crate::gateway_port::leases::LeaseStore;
 use crate::shared::{Transport, lan_from_path};
 use crate::transport::webrtc::WebRtc;
 use crate::transport::webtransport::WebTransportShared;
+use crate::transport::wisp::WispShared;
 use crate::transport::{
     ClientAddr, TransportContext, bad_request, forbidden_origin, header_str, query_param,
     refused_response, websocket,
@@ -41,11 +42,14 @@ pub(crate) struct AppState {
     pub(crate) webrtc: Option<Arc<WebRtc>>,
     /// The bound client listener, for /net/info when a request names no port.
     pub(crate) listen_addr: SocketAddr,
+    /// The Wisp server's shared state (its routes read `[wisp] enabled` per request).
+    pub(crate) wisp: Arc<WispShared>,
 }
 
 /// Everything on `--listen`.
 pub(crate) fn client_router(app: Arc<AppState>) -> Router {
     let offers = crate::transport::webrtc::router(app.ctx.clone(), app.webrtc.clone());
+    let wisp = crate::transport::wisp::router(app.ctx.clone(), app.wisp.clone());
     Router::new()
         .route("/", get(join))
         .route("/lan/{name}", get(join))
@@ -54,6 +58,7 @@ pub(crate) fn client_router(app: Arc<AppState>) -> Router {
         .route("/net/info", get(net_info::handler))
         .with_state(app)
         .merge(offers)
+        .merge(wisp)
 }
 
 /// `GET /` and `GET /lan/NAME`: a WebSocket upgrade joins that LAN; a plain `GET /` is the
