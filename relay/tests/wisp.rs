@@ -480,3 +480,58 @@ async fn net_info_names_the_wisp_server_while_it_is_on() {
     assert!(refused.await.is_err(), "no Wisp server while it is off");
     relay.shutdown().await;
 }
+
+/// A client that stops reading its WebSocket stops the host side: the relay reads a host
+/// socket only while the session has room, so what an endless sender gets written is bounded
+/// by socket buffers and the session's budgets, and all of it arrives in order afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_stops_the_host_side() {
+    let mut config = test_config();
+    config.nat.allow = vec!["127.0.0.1/32".to_owned()];
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = written.clone();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let (mut socket, _) = listener.accept().unwrap();
+        let mut n: u64 = 0;
+        loop {
+            // Bytes count up mod 251, so a gap or a reordering shows.
+            let chunk: Vec<u8> = (n..n + 65536).map(|i| (i % 251) as u8).collect();
+            if socket.write_all(&chunk).is_err() {
+                return;
+            }
+            n += 65536;
+            counter.store(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let relay = start(config).await;
+    let mut ws = wisp_connect(&format!("ws://{}/wisp/", relay.listen_addr), None).await;
+    next_packet(&mut ws).await;
+    connect_stream(&mut ws, 1, "127.0.0.1", port).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stalled = written.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later = written.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(stalled, later, "the sender was not stopped");
+    assert!(
+        stalled < 48 << 20,
+        "{stalled} bytes written to an unread session"
+    );
+    // Reading again resumes it, with every byte in order.
+    let mut expected: u64 = 0;
+    while expected < stalled + (8 << 20) {
+        let bytes = next_packet(&mut ws).await;
+        let packet = Packet::parse(&bytes).unwrap();
+        let Payload::Data(data) = packet.payload else {
+            panic!("unexpected {:?}", packet.payload);
+        };
+        for &b in data {
+            assert_eq!(b, (expected % 251) as u8, "byte {expected}");
+            expected += 1;
+        }
+    }
+    eprintln!("stalled after {stalled} bytes; {expected} read in order afterwards");
+    relay.shutdown().await;
+}
