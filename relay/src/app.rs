@@ -130,6 +130,8 @@ struct Gateways {
     directory: Arc<GatewayDirectory>,
     forwards: Arc<PortForwards>,
     nat: Option<Arc<NatShared>>,
+    /// Also answers DNS over HTTPS.
+    upstream: Upstream,
 }
 
 async fn start_gateways(
@@ -145,6 +147,7 @@ async fn start_gateways(
         directory: Arc::default(),
         forwards: Arc::default(),
         nat: None,
+        upstream: upstream.clone(),
     };
     let nat = nat_shared(config, &gateways.totals)?;
     lans.set_hooks(Arc::new(GatewayHooks {
@@ -228,6 +231,7 @@ impl Relay {
             webrtc: webrtc.clone(),
             listen_addr,
             wisp: wisp.clone(),
+            upstream: gateways.upstream.clone(),
         });
         serve_clients(&servers, listener, tls.clone(), app.clone());
         let reloader = Arc::new(Reloader {

@@ -1,9 +1,10 @@
 //! Layer 6: the HTTP side (docs/architecture.md, "Layers"). The client router on
-//! `--listen` (WebSocket joins, Wisp, `/net/info`, the demo, WebRTC offers), the admin API and
+//! `--listen` (WebSocket joins, Wisp, DNS over HTTPS, `/net/info`, the demo, WebRTC offers), the admin API and
 //! `/metrics` on `--metrics-listen`, and TLS for the client listener.
 
 pub(crate) mod admin;
 pub(crate) mod demo;
+pub(crate) mod doh;
 pub(crate) mod metrics;
 pub(crate) mod net_info;
 pub(crate) mod tls;
@@ -20,6 +21,7 @@ use axum::routing::get;
 
 use crate::admission::JoinRequest;
 use crate::gateway_port::leases::LeaseStore;
+use crate::gateway_port::upstream::Upstream;
 use crate::shared::{Transport, lan_from_path};
 use crate::transport::webrtc::WebRtc;
 use crate::transport::webtransport::WebTransportShared;
@@ -44,6 +46,8 @@ pub(crate) struct AppState {
     pub(crate) listen_addr: SocketAddr,
     /// The Wisp server's shared state (its routes read `[wisp] enabled` per request).
     pub(crate) wisp: Arc<WispShared>,
+    /// The upstream resolver, for DNS over HTTPS.
+    pub(crate) upstream: Upstream,
 }
 
 /// Everything on `--listen`.
@@ -56,6 +60,7 @@ pub(crate) fn client_router(app: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(demo::router(&app))
         .route("/net/info", get(net_info::handler))
+        .route("/dns-query", get(doh::get).post(doh::post))
         .with_state(app)
         .merge(offers)
         .merge(wisp)
