@@ -27,9 +27,11 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-# JavaScript test dependencies (playwright-core drives Debian's chromium; never a browser download).
+# JavaScript test dependencies (playwright-core drives Debian's chromium; never a browser download;
+# wisp-js is the third-party Wisp client of relay/tests/wisp.rs).
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [ ! -d "$here/tests/js/node_modules/playwright-core" ] || [ ! -d "$here/tests/js/node_modules/ws" ]; then
+js_modules="$here/tests/js/node_modules"
+if [ ! -d "$js_modules/playwright-core" ] || [ ! -d "$js_modules/ws" ] || [ ! -d "$js_modules/@mercuryworkshop/wisp-js" ]; then
   echo "setup: npm ci in tests/js"
   (cd "$here/tests/js" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 fi

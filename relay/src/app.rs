@@ -25,6 +25,7 @@ use crate::reload::{ConfigSource, Reloader};
 use crate::transport::TransportContext;
 use crate::transport::webrtc::{self, WebRtcStartError};
 use crate::transport::webtransport::{self, WebTransportShared, WebTransportStartError};
+use crate::transport::wisp::{Resolver, WispShared};
 
 /// A running relay.
 #[derive(Debug)]
@@ -129,6 +130,8 @@ struct Gateways {
     directory: Arc<GatewayDirectory>,
     forwards: Arc<PortForwards>,
     nat: Option<Arc<NatShared>>,
+    /// Also answers DNS over HTTPS.
+    upstream: Upstream,
 }
 
 async fn start_gateways(
@@ -144,6 +147,7 @@ async fn start_gateways(
         directory: Arc::default(),
         forwards: Arc::default(),
         nat: None,
+        upstream: upstream.clone(),
     };
     let nat = nat_shared(config, &gateways.totals)?;
     lans.set_hooks(Arc::new(GatewayHooks {
@@ -221,6 +225,9 @@ impl Relay {
         let webtransport_addr =
             webtransport::start(&ctx, &webtransport_shared, listen_addr, &servers).await?;
         let webrtc = webrtc::start(&ctx).await?;
+        // Built even when [wisp] is off, so a reload can switch it on.
+        let resolver = Resolver::new(&ctx.config().dns.upstream).map_err(StartError::Dns)?;
+        let wisp = WispShared::new(resolver, crate::nat::host_addresses());
         let app = Arc::new(AppState {
             ctx: ctx.clone(),
             leases: leases.clone(),
@@ -228,6 +235,8 @@ impl Relay {
             webtransport: webtransport_shared.clone(),
             webrtc: webrtc.clone(),
             listen_addr,
+            wisp: wisp.clone(),
+            upstream: gateways.upstream.clone(),
         });
         serve_clients(&servers, listener, tls.clone(), app.clone());
         let reloader = Arc::new(Reloader {
@@ -247,6 +256,7 @@ impl Relay {
                     forwards: gateways.forwards.clone(),
                     webtransport: webtransport_shared.stats.clone(),
                     webrtc: webrtc.clone(),
+                    wisp: wisp.stats.clone(),
                 };
                 let admin = admin::AdminState {
                     ctx: ctx.clone(),

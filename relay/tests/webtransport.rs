@@ -369,6 +369,7 @@ async fn one_real_certificate_serves_https_wss_and_webtransport() {
     let body = raw.split_once("\r\n\r\n").expect("HTTP answer").1;
     let info: serde_json::Value = serde_json::from_str(body).expect("JSON");
     assert_eq!(info["websocket"], format!("wss://localhost:{port}/lan/tls"));
+    assert_eq!(info["wisp"], format!("wss://localhost:{port}/wisp/"));
     assert!(hashes(&info).is_empty(), "{info}");
 
     // wss:// on --listen and WebTransport with the same certificate, on one LAN.

@@ -10,6 +10,7 @@ mod port_forward;
 mod sections;
 mod transports;
 mod validate;
+mod wisp;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,6 +28,7 @@ pub use sections::{
 pub use transports::{
     TlsConfig, WebRtcAddrs, WebRtcSection, WebTransportConfig, WebTransportListen,
 };
+pub use wisp::WispSection;
 
 /// The whole relay configuration, as the file spells it. See `config.example.toml`.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -49,6 +51,8 @@ pub struct Config {
     pub nat: NatSection,
     /// Join tokens; off unless keys are given.
     pub auth: AuthSection,
+    /// The Wisp server at `/wisp/` (see `crate::transport::wisp`).
+    pub wisp: WispSection,
 }
 
 /// A configuration mistake, worded for the person who made it.

@@ -8,11 +8,22 @@ use serde::Deserialize;
 
 use crate::shared::MAX_FRAME_SIZE_LIMIT;
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DnsSection {
     /// Upstream DNS servers (`IP:PORT`); empty means the system's resolv.conf.
     pub upstream: Vec<SocketAddr>,
+    /// DNS over HTTPS (RFC 8484) at `/dns-query` on `server.listen`, through `upstream`.
+    pub doh: bool,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        Self {
+            upstream: Vec::new(),
+            doh: true,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

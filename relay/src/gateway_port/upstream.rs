@@ -55,11 +55,16 @@ impl Upstream {
     }
 
     pub(crate) async fn resolve(&self, query: &UpstreamQuery) -> UpstreamResult {
-        match self
-            .resolver
-            .lookup(query.name.clone(), query.record_type)
-            .await
-        {
+        self.lookup(query.name.clone(), query.record_type).await
+    }
+
+    /// One question, as the dns core or DNS over HTTPS (`http/doh.rs`) asks it.
+    pub(crate) async fn lookup(
+        &self,
+        name: hickory_proto::rr::Name,
+        record_type: hickory_proto::rr::RecordType,
+    ) -> UpstreamResult {
+        match self.resolver.lookup(name.clone(), record_type).await {
             Ok(lookup) => UpstreamResult::Answer {
                 records: lookup.answers().to_vec(),
             },
@@ -68,7 +73,7 @@ impl Upstream {
                 negative_ttl: no_records.negative_ttl,
             },
             Err(error) => {
-                tracing::debug!("upstream DNS for {} failed: {error}", query.name);
+                tracing::debug!("upstream DNS for {name} failed: {error}");
                 UpstreamResult::Failed
             }
         }

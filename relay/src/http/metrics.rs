@@ -17,6 +17,7 @@ use crate::shared::DropReason;
 use crate::shared::metrics::{Family, TableCollector};
 use crate::transport::webrtc::WebRtc;
 use crate::transport::webtransport::WebTransportStats;
+use crate::transport::wisp::WispStats;
 
 /// Everything `/metrics` reads from.
 #[derive(Debug)]
@@ -28,6 +29,7 @@ pub(crate) struct Sources {
     pub(crate) forwards: Arc<PortForwards>,
     pub(crate) webtransport: Arc<WebTransportStats>,
     pub(crate) webrtc: Option<Arc<WebRtc>>,
+    pub(crate) wisp: Arc<WispStats>,
 }
 
 /// The registry behind `/metrics`.
@@ -41,6 +43,7 @@ pub(crate) fn registry(sources: Sources) -> Registry {
         forwards,
         webtransport,
         webrtc,
+        wisp,
     } = sources;
     registry.register_collector(Box::new(TableCollector(move || {
         let mut families = relay_families(&lans);
@@ -50,6 +53,7 @@ pub(crate) fn registry(sources: Sources) -> Registry {
         families
     })));
     registry.register_collector(Box::new(TableCollector(move || webtransport.families())));
+    registry.register_collector(Box::new(TableCollector(move || wisp.families())));
     if let Some(rtc) = webrtc {
         registry.register_collector(Box::new(TableCollector(move || rtc.families())));
     }

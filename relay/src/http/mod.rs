@@ -1,9 +1,10 @@
 //! Layer 6: the HTTP side (docs/architecture.md, "Layers"). The client router on
-//! `--listen` (WebSocket joins, `/net/info`, the demo, WebRTC offers), the admin API and
+//! `--listen` (WebSocket joins, Wisp, DNS over HTTPS, `/net/info`, the demo, WebRTC offers), the admin API and
 //! `/metrics` on `--metrics-listen`, and TLS for the client listener.
 
 pub(crate) mod admin;
 pub(crate) mod demo;
+pub(crate) mod doh;
 pub(crate) mod metrics;
 pub(crate) mod net_info;
 pub(crate) mod serve;
@@ -22,9 +23,11 @@ use axum::routing::get;
 use crate::admission::JoinRequest;
 use crate::config::DefaultLan;
 use crate::gateway_port::leases::LeaseStore;
+use crate::gateway_port::upstream::Upstream;
 use crate::shared::{Transport, lan_from_path};
 use crate::transport::webrtc::WebRtc;
 use crate::transport::webtransport::WebTransportShared;
+use crate::transport::wisp::WispShared;
 use crate::transport::{
     ClientAddr, PRIVATE_LAN_PREFIX, TransportContext, bad_request, forbidden_origin, header_str,
     query_param, refused_response, websocket,
@@ -43,19 +46,26 @@ pub(crate) struct AppState {
     pub(crate) webrtc: Option<Arc<WebRtc>>,
     /// The bound client listener, for /net/info when a request names no port.
     pub(crate) listen_addr: SocketAddr,
+    /// The Wisp server's shared state (its routes read `[wisp] enabled` per request).
+    pub(crate) wisp: Arc<WispShared>,
+    /// The upstream resolver, for DNS over HTTPS.
+    pub(crate) upstream: Upstream,
 }
 
 /// Everything on `--listen`.
 pub(crate) fn client_router(app: Arc<AppState>) -> Router {
     let offers = crate::transport::webrtc::router(app.ctx.clone(), app.webrtc.clone());
+    let wisp = crate::transport::wisp::router(app.ctx.clone(), app.wisp.clone());
     Router::new()
         .route("/", get(join))
         .route("/lan/{name}", get(join))
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(demo::router(&app))
         .route("/net/info", get(net_info::handler))
+        .route("/dns-query", get(doh::get).post(doh::post))
         .with_state(app)
         .merge(offers)
+        .merge(wisp)
 }
 
 /// `GET /` and `GET /lan/NAME`: a WebSocket upgrade joins that LAN; a plain `GET /` is the

@@ -1,6 +1,7 @@
-//! `GET /net/info?lan=NAME`: every transport's URL for one LAN, so a page needs only the
-//! relay's address (docs/architecture.md, "Wire formats"). Host names come from the request's `Host`,
-//! so the answer matches whatever name the page used to reach the relay.
+//! `GET /net/info?lan=NAME`: every transport's URL for one LAN (and the Wisp server's), so a
+//! page needs only the relay's address (docs/architecture.md, "Wire formats"). Host names
+//! come from the request's `Host`, so the answer matches whatever name the page used to reach
+//! the relay.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +23,9 @@ pub(crate) struct NetInfo {
     pub(crate) webtransport: Option<WebTransportEntry>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) webrtc: Option<WebRtcEntry>,
+    /// The Wisp server (not a LAN's: the same for every `lan`), when `[wisp]` is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) wisp: Option<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -52,7 +56,8 @@ pub(crate) fn build(
     http_port: u16,
     token: Option<&str>,
 ) -> NetInfo {
-    let tls = app.ctx.config().tls.enabled();
+    let config = app.ctx.config();
+    let tls = config.tls.enabled();
     let (ws, http) = if tls {
         ("wss", "https")
     } else {
@@ -80,11 +85,16 @@ pub(crate) fn build(
                 .map(|q| format!("&{q}"))
                 .unwrap_or_default(),
     });
+    let wisp = config
+        .wisp
+        .enabled
+        .then(|| format!("{ws}://{host}:{http_port}/wisp/{query}"));
     NetInfo {
         lan: lan.to_string(),
         websocket: format!("{ws}://{host}:{http_port}{path}"),
         webtransport,
         webrtc,
+        wisp,
     }
 }
 
@@ -171,10 +181,11 @@ mod tests {
                 certificate_hashes: vec!["ab".into()],
             }),
             webrtc: None,
+            wisp: Some("ws://h:1/wisp/".into()),
         };
         assert_eq!(
             serde_json::to_string(&info).unwrap(),
-            r#"{"lan":"t","websocket":"ws://h:1/lan/t","webtransport":{"url":"https://h:1/lan/t","certificate_hashes":["ab"]}}"#
+            r#"{"lan":"t","websocket":"ws://h:1/lan/t","webtransport":{"url":"https://h:1/lan/t","certificate_hashes":["ab"]},"wisp":"ws://h:1/wisp/"}"#
         );
     }
 }

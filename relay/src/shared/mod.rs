@@ -26,6 +26,8 @@ labels::label_enum! {
         WebRtc => "webrtc",
         /// The LAN's own router port (ARP, DHCP, DNS); not a client connection.
         Gateway => "gateway",
+        /// A Wisp session at `/wisp/`: streams to the internet, not a port of any LAN.
+        Wisp => "wisp",
     }
 }
 
@@ -37,8 +39,10 @@ impl Transport {
         Transport::WebRtc,
     ];
 
+    /// A port of a LAN that a client connection owns (not the gateway; Wisp sessions are
+    /// no LAN's port).
     pub(crate) fn is_client(self) -> bool {
-        self != Transport::Gateway
+        !matches!(self, Transport::Gateway | Transport::Wisp)
     }
 }
 

@@ -5,10 +5,12 @@
 //! - [`websocket`]: v86's own protocol, one binary message per frame.
 //! - [`webtransport`]: HTTP/3 datagrams, frames fragmented by the `webtransport` crate.
 //! - [`webrtc`]: a DataChannel through the ICE-lite peer of the `webrtc-gw` crate.
+//! - [`wisp`]: the Wisp server at `/wisp/`: TCP and UDP streams, no LAN.
 
 pub(crate) mod webrtc;
 pub(crate) mod websocket;
 pub(crate) mod webtransport;
+pub(crate) mod wisp;
 
 use std::borrow::Cow;
 use std::sync::Arc;
