@@ -295,6 +295,10 @@ impl Drop for LanGuard {
 }
 
 impl LanCreator for Admitted {
+    fn port_rate(&self) -> Option<u64> {
+        self.claims.as_ref()?.rate.map(|rate| rate.bytes_per_sec())
+    }
+
     fn permit_new_lan(&self) -> Result<LanPermitBox, String> {
         let reserved = self.reserved_lan.lock().ok().and_then(|mut r| r.take());
         let permit = match reserved {

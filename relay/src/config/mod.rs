@@ -55,6 +55,13 @@ pub struct Config {
     pub wisp: WispSection,
 }
 
+/// Bandwidth limits in bytes per second; `None` is unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Rates {
+    pub(crate) port: Option<u64>,
+    pub(crate) lan: Option<u64>,
+}
+
 /// A configuration mistake, worded for the person who made it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -104,6 +111,39 @@ impl Config {
 
     pub fn from_toml(text: &str) -> Result<Config, String> {
         toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The bandwidth limits of LAN `lan` in bytes per second (`None`: unlimited): its
+    /// `[lans.NAME]` keys over `[network]` over `[limits]`. Checked at start-up.
+    pub(crate) fn rates_for(&self, lan: &str) -> Result<Rates, String> {
+        let network = self.network_tables().for_lan(lan)?;
+        let parse = |key: &str, text: &Option<String>| -> Result<Option<u64>, String> {
+            match text.as_deref() {
+                None | Some("off") => Ok(None),
+                Some(text) => text
+                    .parse::<admission::Rate>()
+                    .map(|rate| Some(rate.bytes_per_sec()))
+                    .map_err(|e| format!("{key} = {text:?}: {e}")),
+            }
+        };
+        Ok(Rates {
+            port: parse(
+                "port_rate",
+                if network.port_rate.is_some() {
+                    &network.port_rate
+                } else {
+                    &self.limits.port_rate
+                },
+            )?,
+            lan: parse(
+                "lan_rate",
+                if network.lan_rate.is_some() {
+                    &network.lan_rate
+                } else {
+                    &self.limits.lan_rate
+                },
+            )?,
+        })
     }
 
     pub(crate) fn network_tables(&self) -> NetworkTables {

@@ -25,6 +25,10 @@ pub(crate) struct NetworkConfig {
     /// LAN NAME gets the DNS domain `NAME.<domain_suffix>`.
     pub(crate) domain_suffix: String,
     pub(crate) static_leases: Vec<dhcp::StaticLease>,
+    /// Overrides `limits.port_rate` on this LAN (`"10Mbit"`, `"2MB"` per second, `"off"`).
+    pub(crate) port_rate: Option<String>,
+    /// Overrides `limits.lan_rate` on this LAN.
+    pub(crate) lan_rate: Option<String>,
 }
 
 impl Default for NetworkConfig {
@@ -41,6 +45,8 @@ impl Default for NetworkConfig {
             lease_time_secs: 3600,
             domain_suffix: "lan".to_owned(),
             static_leases: Vec::new(),
+            port_rate: None,
+            lan_rate: None,
         }
     }
 }

@@ -87,6 +87,11 @@ pub struct LimitsConfig {
     /// A LAN whose last client left keeps its gateway and NAT flows this long (v86
     /// reconnects after 10 s), then only its lease snapshot.
     pub empty_lan_grace_secs: u64,
+    /// Bandwidth of each port (VM session), each direction: `"10Mbit"`, `"2MB"` (per
+    /// second). Off when absent. NAT traffic is paced; switched frames over it are dropped.
+    pub port_rate: Option<String>,
+    /// Bandwidth of each LAN's switched traffic together.
+    pub lan_rate: Option<String>,
     /// A request head (the WebSocket upgrade included) must arrive within this long, or
     /// the connection is closed (slowloris).
     pub request_head_timeout_secs: u64,
@@ -141,6 +146,8 @@ impl Default for LimitsConfig {
             new_connections_per_ip_burst: 200,
             max_lans_per_ip: 64,
             empty_lan_grace_secs: 60,
+            port_rate: None,
+            lan_rate: None,
             request_head_timeout_secs: 10,
             max_request_head_bytes: 16 * 1024,
             max_pending_http_connections: 4096,

@@ -267,6 +267,20 @@ impl Config {
             }
             check(lan)?;
         }
+        for lan in std::iter::once("default").chain(self.lans.keys().map(String::as_str)) {
+            if let Err(problem) = self.rates_for(lan) {
+                return Err(ConfigError::Network {
+                    section: if lan == "default" {
+                        "[limits] / [network]".to_owned()
+                    } else {
+                        format!("[lans.{lan}]")
+                    },
+                    problem: format!(
+                        "{problem}; write e.g. \"10Mbit\" or \"2MB\" (per second), or \"off\""
+                    ),
+                });
+            }
+        }
         Ok(())
     }
 }

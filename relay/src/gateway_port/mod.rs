@@ -66,7 +66,12 @@ impl LanHooks for GatewayHooks {
         let (host_events_tx, host_events) = mpsc::channel(EVENT_QUEUE);
         let nat_host = self.nat.as_ref().map(|shared| {
             gateway.enable_nat(shared.config(), Instant::now());
-            NatHost::new(shared.clone(), host_events_tx, name)
+            NatHost::new(
+                shared.clone(),
+                host_events_tx,
+                name,
+                self.config.rates_for(name).unwrap_or_default().port,
+            )
         });
         if let Some(snapshot) = self.leases.get(name) {
             let report = gateway.restore_leases(&snapshot, Instant::now(), unix_now());

@@ -8,6 +8,7 @@
 //! and vanish with their last port.
 
 mod port;
+mod shaping;
 mod traffic;
 mod view;
 
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use switch::{PortId, Switch, SwitchConfig};
 use tokio::sync::mpsc;
 
-use crate::config::Config;
+use crate::config::{Config, Rates};
 use crate::shared::{LanName, Transport};
 
 pub(crate) use port::{Port, PortReceiver};
@@ -47,6 +48,12 @@ pub(crate) enum JoinError {
 /// (admission counts the LANs each client address has created this way).
 pub(crate) trait LanCreator {
     fn permit_new_lan(&self) -> Result<LanPermitBox, String>;
+
+    /// A bandwidth of the joiner's own (bytes per second; a token's `rate` claim) over the
+    /// LAN's `port_rate`.
+    fn port_rate(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Whatever a [`LanCreator`] wants kept while its LAN exists; dropped when the LAN goes.
@@ -67,6 +74,9 @@ impl LanCreator for AnyCreator {
 /// Per-port limits and tunables taken from the config once.
 #[derive(Clone, Debug)]
 struct PortLimits {
+    /// Bandwidth per LAN name (`[lans.NAME]`), else `default_rates`.
+    rates: HashMap<String, Rates>,
+    default_rates: Rates,
     max_frame_size: usize,
     queue_frames: usize,
     max_connections: usize,
@@ -111,6 +121,8 @@ pub(crate) struct Lan {
 #[derive(Debug)]
 struct LanState {
     switch: Switch,
+    /// The LAN's switched traffic together (`lan_rate`).
+    shaper: shaping::Shaper,
     ports: HashMap<PortId, PortOutput>,
     clients: usize,
 }
@@ -119,6 +131,8 @@ struct LanState {
 #[derive(Debug)]
 struct PortOutput {
     queue: mpsc::Sender<bytes::Bytes>,
+    /// Frames from other VMs to this port (`port_rate`).
+    shaper: Arc<shaping::Shaper>,
     transport: Transport,
     counters: Arc<PortCounters>,
 }
@@ -138,6 +152,13 @@ impl LanRegistry {
             next_port: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             limits: PortLimits {
+                // Checked at start-up, so the fallbacks never apply.
+                default_rates: config.rates_for("default").unwrap_or_default(),
+                rates: config
+                    .lans
+                    .keys()
+                    .map(|lan| (lan.clone(), config.rates_for(lan).unwrap_or_default()))
+                    .collect(),
                 max_frame_size: config.limits.max_frame_size,
                 queue_frames: config.limits.port_queue_frames,
                 max_connections: config.limits.max_connections,
@@ -208,7 +229,8 @@ impl LanRegistry {
         drop(state);
         self.connections.fetch_add(1, Relaxed);
         drop(lans);
-        let (port, rx) = self.attach(&lan, transport);
+        let rate = creator.port_rate().or(self.rates(name).port);
+        let (port, rx) = self.attach_shaped(&lan, transport, rate);
         self.totals.connections_opened[transport.index()].fetch_add(1, Relaxed);
         Ok((port, rx))
     }
@@ -223,6 +245,7 @@ impl LanRegistry {
             name: name.clone(),
             state: Mutex::new(LanState {
                 switch: Switch::new(self.limits.switch.clone()),
+                shaper: shaping::Shaper::new(self.rates(name).lan, Instant::now()),
                 ports: HashMap::new(),
                 clients: 0,
             }),
@@ -246,6 +269,26 @@ impl LanRegistry {
         lan: &Arc<Lan>,
         transport: Transport,
     ) -> (Port, PortReceiver) {
+        self.attach_shaped(lan, transport, None)
+    }
+
+    /// The bandwidth limits of LAN `name`.
+    fn rates(&self, name: &LanName) -> Rates {
+        self.limits
+            .rates
+            .get(name.as_str())
+            .copied()
+            .unwrap_or(self.limits.default_rates)
+    }
+
+    /// As [`attach`](Self::attach), shaping the port's switched frames each way to `rate`.
+    fn attach_shaped(
+        self: &Arc<Self>,
+        lan: &Arc<Lan>,
+        transport: Transport,
+        rate: Option<u64>,
+    ) -> (Port, PortReceiver) {
+        let now = Instant::now();
         let id = PortId(self.next_port.fetch_add(1, Relaxed));
         let (tx, rx) = mpsc::channel(self.limits.queue_frames);
         let counters = Arc::new(PortCounters::default());
@@ -256,13 +299,15 @@ impl LanRegistry {
             id,
             PortOutput {
                 queue: tx,
+                shaper: Arc::new(shaping::Shaper::new(rate, now)),
                 transport,
                 counters: counters.clone(),
             },
         );
         drop(state);
+        let shaper = shaping::Shaper::new(rate, now);
         (
-            Port::new(id, lan.clone(), self.clone(), transport, counters),
+            Port::new(id, lan.clone(), self.clone(), transport, counters, shaper),
             rx,
         )
     }

@@ -10,6 +10,7 @@ use switch::translate::MacTranslation;
 use switch::{Forward as SwitchDecision, MacAddr, PortId};
 use tokio::sync::mpsc;
 
+use super::shaping::Shaper;
 use super::{Lan, LanRegistry, LanState, PortCounters, PortOutput, lock};
 use crate::shared::{DropReason, ETHERNET_HEADER_LEN, LanName, Transport};
 
@@ -24,6 +25,8 @@ pub(crate) struct Port {
     registry: Arc<LanRegistry>,
     transport: Transport,
     counters: Arc<PortCounters>,
+    /// This port's frames to other VMs (`port_rate`).
+    shaper: Shaper,
 }
 
 impl Port {
@@ -33,6 +36,7 @@ impl Port {
         registry: Arc<LanRegistry>,
         transport: Transport,
         counters: Arc<PortCounters>,
+        shaper: Shaper,
     ) -> Self {
         Port {
             id,
@@ -40,6 +44,7 @@ impl Port {
             registry,
             transport,
             counters,
+            shaper,
         }
     }
 
@@ -85,11 +90,25 @@ impl Port {
         let frame = self.translate_from_client(&state, frame);
         match state.switch.handle_frame(now, self.id, &frame) {
             SwitchDecision::Unicast(to) => {
-                if let Some(output) = state.ports.get(&to) {
+                if let Some(output) = state.ports.get(&to)
+                    && self.within_budget(&state, output, now, frame.len())
+                {
                     self.deliver(output, frame);
                 }
             }
             SwitchDecision::Flood => {
+                // A broadcast is charged to the sender (and the LAN) once, not to each VM
+                // it reaches: a flood must not eat its neighbours' budgets.
+                let to_vms = state
+                    .ports
+                    .iter()
+                    .any(|(id, o)| *id != self.id && o.transport.is_client());
+                if to_vms
+                    && self.transport.is_client()
+                    && !self.sender_budget(&state, now, frame.len())
+                {
+                    return;
+                }
                 for (id, output) in &state.ports {
                     if *id != self.id {
                         self.deliver(output, frame.clone());
@@ -133,6 +152,31 @@ impl Port {
         let mut frame = bytes::BytesMut::from(&frame[..]);
         translation.outbound(&mut frame);
         frame.freeze()
+    }
+
+    /// Shaping of a frame between two VMs: the sender's and the LAN's budget, then the
+    /// receiver's. Frames to or from the gateway are paced by the NAT instead.
+    fn within_budget(&self, state: &LanState, to: &PortOutput, now: Instant, len: usize) -> bool {
+        if !self.transport.is_client() || !to.transport.is_client() {
+            return true;
+        }
+        self.sender_budget(state, now, len) && self.receiver_budget(to, now, len)
+    }
+
+    fn sender_budget(&self, state: &LanState, now: Instant, len: usize) -> bool {
+        let allowed = self.shaper.allow(now, len) && state.shaper.allow(now, len);
+        if !allowed {
+            self.count_drop(DropReason::Shaped);
+        }
+        allowed
+    }
+
+    fn receiver_budget(&self, to: &PortOutput, now: Instant, len: usize) -> bool {
+        if !self.transport.is_client() || !to.transport.is_client() || to.shaper.allow(now, len) {
+            return true;
+        }
+        self.count_drop(DropReason::Shaped);
+        false
     }
 
     fn deliver(&self, output: &PortOutput, frame: Bytes) {

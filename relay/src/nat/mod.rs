@@ -10,6 +10,7 @@
 //!   slow remote leaves it in the receive buffer and the VM's window closes.
 
 mod datagram;
+mod pacing;
 mod tcp;
 
 use std::collections::HashMap;
@@ -85,7 +86,8 @@ impl Drop for TaskGuard {
 }
 
 enum HostFlow {
-    Connecting(AbortHandle),
+    /// The connect task, and the VM it is for.
+    Connecting(AbortHandle, Ipv4Addr),
     Tcp(TcpFlow),
     Udp(UdpFlow),
     /// A UDP forward's client: answers leave from the forward's socket.
@@ -95,7 +97,7 @@ enum HostFlow {
 impl Drop for HostFlow {
     fn drop(&mut self) {
         match self {
-            HostFlow::Connecting(task) => task.abort(),
+            HostFlow::Connecting(task, _) => task.abort(),
             HostFlow::Tcp(flow) => flow.tasks.iter().for_each(AbortHandle::abort),
             // UdpFlow aborts its own tasks.
             HostFlow::Udp(_) | HostFlow::InboundUdp(_) => {}
@@ -119,21 +121,48 @@ pub(crate) struct NatHost {
     events: mpsc::Sender<HostEvent>,
     flows: HashMap<FlowId, HostFlow>,
     ping: Option<PingSocket>,
+    /// Each VM's NAT bandwidth, each way (`port_rate`).
+    port_rate: Option<u64>,
+    /// The budgets of VMs with paced flows, by address.
+    pacers: HashMap<Ipv4Addr, Arc<pacing::Pacer>>,
     /// Ping flows alive; the ping socket closes with the last.
     ping_flows: std::collections::HashSet<FlowId>,
     lan: String,
 }
 
 impl NatHost {
-    pub(crate) fn new(shared: Arc<NatShared>, events: mpsc::Sender<HostEvent>, lan: &str) -> Self {
+    /// `port_rate`: each VM's NAT bandwidth each way, bytes per second (`None`: unlimited).
+    pub(crate) fn new(
+        shared: Arc<NatShared>,
+        events: mpsc::Sender<HostEvent>,
+        lan: &str,
+        port_rate: Option<u64>,
+    ) -> Self {
         Self {
             shared,
             events,
+            port_rate,
+            pacers: HashMap::new(),
             flows: HashMap::new(),
             ping: None,
             ping_flows: std::collections::HashSet::new(),
             lan: lan.to_owned(),
         }
+    }
+
+    /// The budget of the VM at `vm`, shared by its flows; `None` without a `port_rate`.
+    fn pacer(&mut self, vm: Ipv4Addr) -> Option<Arc<pacing::Pacer>> {
+        let rate = self.port_rate?;
+        // Budgets of VMs without a flow are dropped, so the map stays as small as the LAN.
+        if self.pacers.len() > 4096 {
+            self.pacers.retain(|_, pacer| Arc::strong_count(pacer) > 1);
+        }
+        Some(
+            self.pacers
+                .entry(vm)
+                .or_insert_with(|| Arc::new(pacing::Pacer::new(rate)))
+                .clone(),
+        )
     }
 
     /// Carries out the gateway's NAT actions and moves TCP data both ways.
@@ -160,13 +189,14 @@ impl NatHost {
         let now = Instant::now();
         match event {
             HostEvent::Connected(flow, stream) => {
-                if !matches!(self.flows.get(&flow), Some(HostFlow::Connecting(_)))
-                    || !nat.handle_tcp_connected(now, flow)
-                {
-                    self.flows.remove(&flow);
-                    return;
-                }
-                let tcp = self.spawn_tcp(flow, stream);
+                let vm = match self.flows.get(&flow) {
+                    Some(HostFlow::Connecting(_, vm)) if nat.handle_tcp_connected(now, flow) => *vm,
+                    _ => {
+                        self.flows.remove(&flow);
+                        return;
+                    }
+                };
+                let tcp = self.spawn_tcp(flow, stream, vm);
                 self.flows.insert(flow, HostFlow::Tcp(tcp));
             }
             HostEvent::ConnectFailed(flow, why) => {
@@ -221,7 +251,7 @@ impl NatHost {
             return;
         };
         if let Some(flow) = nat.open_inbound_tcp(Instant::now(), target) {
-            let tcp = self.spawn_tcp(flow, stream);
+            let tcp = self.spawn_tcp(flow, stream, *target.ip());
             self.flows.insert(flow, HostFlow::Tcp(tcp));
         }
     }
@@ -268,7 +298,7 @@ impl NatHost {
                     let _ = events.send(event).await;
                 });
                 self.flows
-                    .insert(flow, HostFlow::Connecting(task.abort_handle()));
+                    .insert(flow, HostFlow::Connecting(task.abort_handle(), *vm.ip()));
             }
             NatAction::UdpSend { flow, to, payload } => {
                 if !self.flows.contains_key(&flow) {

@@ -2,6 +2,7 @@
 //! data waits in the kernel, not in the relay, while the VM is slow (see `nat/mod.rs`).
 
 use std::collections::VecDeque;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,9 +10,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use gateway::{FlowId, TcpStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 
+use super::pacing::{PACED_CHUNK, Pacer};
 use super::{CHUNK, HOST_READ_BUDGET, HostEvent, HostFlow, NatHost, TaskGuard, WRITER_QUEUE};
 
 pub(super) enum ToHost {
@@ -69,62 +72,28 @@ impl NatHost {
         }
     }
 
-    pub(super) fn spawn_tcp(&self, flow: FlowId, stream: TcpStream) -> TcpFlow {
-        let (mut read_half, mut write_half) = stream.into_split();
+    /// Starts the reader and the writer of a host connection for the VM at `vm`.
+    pub(super) fn spawn_tcp(&mut self, flow: FlowId, stream: TcpStream, vm: Ipv4Addr) -> TcpFlow {
+        let (read_half, write_half) = stream.into_split();
         let credits = Arc::new(Semaphore::new(HOST_READ_BUDGET));
-        let (to_host, mut from_gateway) = mpsc::channel::<ToHost>(WRITER_QUEUE);
-        let events = self.events.clone();
-        let reader_credits = credits.clone();
-        let guard = TaskGuard::new(&self.shared.tasks);
-        let reader = tokio::spawn(async move {
-            let _guard = guard;
-            let mut buffer = BytesMut::new();
-            loop {
-                let Ok(permit) = reader_credits.acquire_many(CHUNK as u32).await else {
-                    return;
-                };
-                let budget = permit.num_permits();
-                permit.forget();
-                buffer.reserve(budget);
-                let mut limited = (&mut read_half).take(budget as u64);
-                let event = match limited.read_buf(&mut buffer).await {
-                    Ok(0) => HostEvent::Eof(flow),
-                    Ok(n) => {
-                        reader_credits.add_permits(budget - n);
-                        HostEvent::Data(flow, buffer.split().freeze())
-                    }
-                    Err(_) => HostEvent::Failed(flow),
-                };
-                let last = !matches!(event, HostEvent::Data(..));
-                if events.send(event).await.is_err() || last {
-                    return;
-                }
-            }
-        });
-        let events = self.events.clone();
-        let guard = TaskGuard::new(&self.shared.tasks);
-        let writer = tokio::spawn(async move {
-            let _guard = guard;
-            while let Some(message) = from_gateway.recv().await {
-                match message {
-                    ToHost::Data(data) => {
-                        if write_half.write_all(&data).await.is_err() {
-                            let _ = events.send(HostEvent::Failed(flow)).await;
-                            return;
-                        }
-                        if events.send(HostEvent::Drained(flow)).await.is_err() {
-                            return;
-                        }
-                    }
-                    ToHost::Shutdown => {
-                        let _ = write_half.shutdown().await;
-                        // Keep the half alive: dropping it would not reset, but the
-                        // reader may still be receiving.
-                        std::future::pending::<()>().await;
-                    }
-                }
-            }
-        });
+        let (to_host, from_gateway) = mpsc::channel::<ToHost>(WRITER_QUEUE);
+        let pacer = self.pacer(vm);
+        let reader = tokio::spawn(read_host(
+            flow,
+            read_half,
+            credits.clone(),
+            self.events.clone(),
+            pacer.clone(),
+            TaskGuard::new(&self.shared.tasks),
+        ));
+        let writer = tokio::spawn(write_host(
+            flow,
+            write_half,
+            from_gateway,
+            self.events.clone(),
+            pacer,
+            TaskGuard::new(&self.shared.tasks),
+        ));
         TcpFlow {
             to_host,
             credits,
@@ -154,5 +123,76 @@ pub(super) fn push_to_vm(nat: &mut gateway::Nat, now: Instant, flow: FlowId, tcp
     if tcp.host_eof && !tcp.eof_passed {
         tcp.eof_passed = true;
         nat.tcp_host_eof(now, flow);
+    }
+}
+
+/// Reads the host side of a flow: credits first (so at most [`HOST_READ_BUDGET`] bytes wait
+/// outside smoltcp), then the VM's bandwidth budget when it has one.
+async fn read_host(
+    flow: FlowId,
+    mut read_half: OwnedReadHalf,
+    credits: Arc<Semaphore>,
+    events: mpsc::Sender<HostEvent>,
+    pacer: Option<Arc<Pacer>>,
+    _guard: TaskGuard,
+) {
+    let chunk = if pacer.is_some() { PACED_CHUNK } else { CHUNK };
+    let mut buffer = BytesMut::new();
+    loop {
+        let Ok(permit) = credits.acquire_many(chunk as u32).await else {
+            return;
+        };
+        let budget = permit.num_permits();
+        permit.forget();
+        buffer.reserve(budget);
+        let mut limited = (&mut read_half).take(budget as u64);
+        let event = match limited.read_buf(&mut buffer).await {
+            Ok(0) => HostEvent::Eof(flow),
+            Ok(n) => {
+                credits.add_permits(budget - n);
+                if let Some(pacer) = &pacer {
+                    pacer.down(n).await;
+                }
+                HostEvent::Data(flow, buffer.split().freeze())
+            }
+            Err(_) => HostEvent::Failed(flow),
+        };
+        let last = !matches!(event, HostEvent::Data(..));
+        if events.send(event).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Writes what the VM sent to the host side of a flow, within the VM's bandwidth budget.
+async fn write_host(
+    flow: FlowId,
+    mut write_half: OwnedWriteHalf,
+    mut from_gateway: mpsc::Receiver<ToHost>,
+    events: mpsc::Sender<HostEvent>,
+    pacer: Option<Arc<Pacer>>,
+    _guard: TaskGuard,
+) {
+    while let Some(message) = from_gateway.recv().await {
+        match message {
+            ToHost::Data(data) => {
+                if let Some(pacer) = &pacer {
+                    pacer.up(data.len()).await;
+                }
+                if write_half.write_all(&data).await.is_err() {
+                    let _ = events.send(HostEvent::Failed(flow)).await;
+                    return;
+                }
+                if events.send(HostEvent::Drained(flow)).await.is_err() {
+                    return;
+                }
+            }
+            ToHost::Shutdown => {
+                let _ = write_half.shutdown().await;
+                // Keep the half alive: dropping it would not reset, but the reader may
+                // still be receiving.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }

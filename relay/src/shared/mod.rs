@@ -57,6 +57,8 @@ labels::label_enum! {
         TextMessage => "text_message",
         /// The destination port's queue was full.
         QueueFull => "queue_full",
+        /// Over the sender's, the receiver's or the LAN's bandwidth (`port_rate`, `lan_rate`).
+        Shaped => "shaped",
         /// The switch refused it: a group address as source.
         InvalidSource => "invalid_source",
         /// The switch refused it: the port owns too many MACs.
