@@ -76,7 +76,7 @@ fn a_shaped_vm_downloads_at_its_port_rate_without_a_retransmission_storm() {
     let elapsed = started.elapsed().as_secs_f64();
     let got = String::from_utf8_lossy(&out.stdout);
     assert!(got.starts_with(&expected), "sha256 {got} (want {expected})");
-    let mbit = (MB * 1 << 20) as f64 * 8.0 / 1e6 / elapsed;
+    let mbit = (MB << 20) as f64 * 8.0 / 1e6 / elapsed;
     let retrans = retransmissions(&internet.ns) - retrans_before;
     let segments = (MB << 20) / 1448;
     eprintln!(
@@ -157,7 +157,7 @@ fn a_broadcast_flood_leaves_a_neighbouring_pair_its_rate() {
                     break;
                 }
                 sent += 1;
-                if sent % 64 == 0 && ws.flush().await.is_err() {
+                if sent.is_multiple_of(64) && ws.flush().await.is_err() {
                     break;
                 }
             }
