@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use admission::{Claims, mint_hs256};
+use common::binary::*;
 use common::*;
 use relay::{Config, Relay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -230,21 +231,6 @@ async fn a_rotated_secret_list_keeps_old_tokens_until_the_old_secret_goes() {
     relay.shutdown().await;
 }
 
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "v86-relay-hosted-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::Instant::now())
-}
-
 #[tokio::test]
 async fn per_address_limits_count_every_connection_and_trust_only_listed_proxies() {
     let mut config = test_config();
@@ -296,49 +282,6 @@ async fn per_address_limits_count_every_connection_and_trust_only_listed_proxies
     let (g, _, _) = upgrade(LOCAL2, addr, "/", &xff).await;
     assert_eq!((e, f, g), (101, 101, 429));
     relay.shutdown().await;
-}
-
-/// Runs the real binary with `args`; returns it and its listen address.
-fn spawn_relay(args: &[&str], capture: bool) -> (std::process::Child, SocketAddr) {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let listen = format!("127.0.0.1:{port}");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_v86-relay"))
-        .args([
-            "--listen",
-            &listen,
-            "--metrics-listen",
-            "off",
-            "--webtransport-listen",
-            "off",
-            "--webrtc-listen",
-            "off",
-        ])
-        .args(args)
-        // Piped output must be read or the relay blocks on a full pipe: only the audit test
-        // reads it (its log is short); the others discard it.
-        .stdout(if capture {
-            std::process::Stdio::piped()
-        } else {
-            std::process::Stdio::null()
-        })
-        .stderr(if capture {
-            std::process::Stdio::piped()
-        } else {
-            std::process::Stdio::null()
-        })
-        .spawn()
-        .expect("start v86-relay");
-    (child, listen.parse().unwrap())
-}
-
-async fn wait_listening(addr: SocketAddr) {
-    eventually("the relay listens", || async {
-        TcpStream::connect(addr).await.is_ok()
-    })
-    .await;
 }
 
 #[tokio::test]
@@ -521,32 +464,6 @@ async fn one_address_creates_at_most_max_lans_per_ip_lans() {
     relay.shutdown().await;
 }
 
-/// VmRSS of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// A DHCP DISCOVER over a fresh WebSocket to `path`; the OFFER's address.
-async fn dhcp_offer(addr: SocketAddr, path: &str, mac: [u8; 6]) -> Option<std::net::Ipv4Addr> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
-        .await
-        .ok()?;
-    send(&mut ws, loadtest::packets::dhcp_discover(mac, 7).into()).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while tokio::time::Instant::now() < deadline {
-        let frame = recv(&mut ws, Duration::from_secs(5)).await?;
-        if let Some(reply) = loadtest::packets::parse_dhcp_reply(&frame, mac, 7) {
-            return Some(reply.yiaddr);
-        }
-    }
-    None
-}
-
 #[tokio::test]
 async fn stalled_request_heads_are_closed_and_never_block_a_new_vm() {
     let dir = tempdir();
@@ -659,32 +576,4 @@ async fn empty_lans_keep_only_their_lease_snapshot() {
         steady <= 4096.0,
         "{steady:.0} bytes per retired LAN, over 4 KiB"
     );
-}
-
-/// One VM takes a lease on LAN `path` (DISCOVER, OFFER, REQUEST, ACK), then leaves.
-async fn leased_lan(addr: SocketAddr, path: &str, m: [u8; 6]) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
-        .await
-        .unwrap();
-    send(&mut ws, loadtest::packets::dhcp_discover(m, 1).into()).await;
-    let offer = dhcp_reply(&mut ws, m, "offer").await;
-    let server = offer.server_id.expect("server id");
-    send(
-        &mut ws,
-        loadtest::packets::dhcp_request(m, 1, offer.yiaddr, server).into(),
-    )
-    .await;
-    let ack = dhcp_reply(&mut ws, m, "ack").await;
-    assert_eq!(ack.kind, loadtest::packets::DhcpType::Ack, "{path}");
-}
-
-async fn dhcp_reply(ws: &mut Ws, m: [u8; 6], what: &str) -> loadtest::packets::DhcpReply {
-    loop {
-        let frame = recv(ws, Duration::from_secs(5))
-            .await
-            .unwrap_or_else(|| panic!("no {what}"));
-        if let Some(reply) = loadtest::packets::parse_dhcp_reply(&frame, m, 1) {
-            return reply;
-        }
-    }
 }

@@ -93,7 +93,7 @@ impl Port {
                 if let Some(output) = state.ports.get(&to)
                     && self.within_budget(&state, output, now, frame.len())
                 {
-                    self.deliver(output, frame);
+                    let _ = self.deliver(output, frame);
                 }
             }
             SwitchDecision::Flood => {
@@ -111,7 +111,7 @@ impl Port {
                 }
                 for (id, output) in &state.ports {
                     if *id != self.id {
-                        self.deliver(output, frame.clone());
+                        self.deliver_flood(output, frame.clone());
                     }
                 }
             }
@@ -179,15 +179,38 @@ impl Port {
         false
     }
 
-    fn deliver(&self, output: &PortOutput, frame: Bytes) {
+    /// A broadcast or multicast copy for one port: a VM's queue holds at most
+    /// `flood_queue_frames` of them (the gateway's, which must see every DHCP broadcast, is
+    /// not limited); beyond, the copy is dropped and counted (`flood_full`).
+    fn deliver_flood(&self, output: &PortOutput, frame: Bytes) {
+        if !output.transport.is_client() {
+            self.deliver(output, frame);
+            return;
+        }
+        let cap = self.registry.limits.flood_queue_frames;
+        let floods = &output.counters.queued_floods;
+        if floods
+            .fetch_update(Relaxed, Relaxed, |n| (n < cap).then_some(n + 1))
+            .is_err()
+        {
+            return self.count_drop(DropReason::FloodFull);
+        }
+        if !self.deliver(output, frame) {
+            floods.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Puts a frame on a port's queue; false when it was dropped.
+    fn deliver(&self, output: &PortOutput, frame: Bytes) -> bool {
         match output.queue.try_send(frame) {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 output.counters.queue_drops.fetch_add(1, Relaxed);
                 self.count_drop(DropReason::QueueFull);
+                false
             }
             // The port is leaving; its frames no longer matter.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 }

@@ -72,13 +72,22 @@ pub(crate) struct PortCounters {
     pub(crate) traffic: Traffic,
     /// Frames for this port dropped because its queue was full.
     pub(crate) queue_drops: AtomicU64,
+    /// Broadcast and multicast frames in this port's queue: bounded well below the queue,
+    /// so a boot storm's broadcasts cannot fill every VM's queue (and memory) at once.
+    pub(crate) queued_floods: std::sync::atomic::AtomicUsize,
     /// Set when this port's machine shares its MAC with another live port.
     pub(crate) translation: std::sync::OnceLock<MacTranslation>,
 }
 
 impl PortCounters {
-    /// Undoes this port's MAC translation on a frame going to its client.
+    /// A frame taken off this port's queue for its client: frees its broadcast slot and
+    /// undoes this port's MAC translation.
     pub(crate) fn to_client(&self, frame: Bytes) -> Bytes {
+        if frame.first().is_some_and(|b| b & 1 == 1) {
+            let _ = self
+                .queued_floods
+                .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+        }
         match self.translation.get() {
             Some(translation) => {
                 let mut frame = bytes::BytesMut::from(&frame[..]);

@@ -57,6 +57,9 @@ labels::label_enum! {
         TextMessage => "text_message",
         /// The destination port's queue was full.
         QueueFull => "queue_full",
+        /// A broadcast or multicast copy for a VM whose queue already holds its share of
+        /// them (an eighth of `limits.port_queue_frames`).
+        FloodFull => "flood_full",
         /// Over the sender's, the receiver's or the LAN's bandwidth (`port_rate`, `lan_rate`).
         Shaped => "shaped",
         /// The switch refused it: a group address as source.

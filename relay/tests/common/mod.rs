@@ -129,6 +129,7 @@ where
     }
     panic!("timed out waiting for: {what}");
 }
+pub mod binary;
 pub mod internet;
 pub mod netns;
 pub mod vm;
