@@ -23,7 +23,8 @@ pub(crate) use nat::core_config;
 pub(crate) use network::NetworkTables;
 pub(crate) use port_forward::{ForwardProtocol, ForwardTarget, PortForwardRule};
 pub use sections::{
-    DefaultLan, DhcpSection, DnsSection, LimitsConfig, ServerConfig, SwitchSection, WebSocketConfig,
+    CaptureSection, DefaultLan, DhcpSection, DnsSection, LimitsConfig, ServerConfig, SwitchSection,
+    WebSocketConfig,
 };
 pub use transports::{
     TlsConfig, WebRtcAddrs, WebRtcSection, WebTransportConfig, WebTransportListen,
@@ -53,6 +54,8 @@ pub struct Config {
     pub auth: AuthSection,
     /// The Wisp server at `/wisp/` (see `crate::transport::wisp`).
     pub wisp: WispSection,
+    /// LAN captures through the admin API.
+    pub capture: CaptureSection,
 }
 
 /// A configuration mistake, worded for the person who made it.

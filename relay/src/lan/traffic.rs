@@ -74,6 +74,8 @@ pub(crate) struct PortCounters {
     pub(crate) queue_drops: AtomicU64,
     /// Set when this port's machine shares its MAC with another live port.
     pub(crate) translation: std::sync::OnceLock<MacTranslation>,
+    /// Set when an administrator closed the port: its frames are ignored from then on.
+    pub(crate) closed: std::sync::atomic::AtomicBool,
 }
 
 impl PortCounters {
