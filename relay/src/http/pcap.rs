@@ -191,10 +191,15 @@ impl Writer {
 
     /// `vm-a 02:00:00:00:00:0a websocket port 7`: host name when a lease names the MAC.
     fn interface_name(&self, captured: &Captured) -> String {
-        let mac = switch::MacAddr::from_bytes(&captured.frame[6..12]).to_string();
+        let source = &captured.frame[6..12];
+        let mac = colon_mac(source);
         let transport = captured.transport.as_str();
         let id = captured.port.0;
-        match self.names.get(&mac) {
+        // The leases spell MACs as smoltcp does (dashes).
+        match self
+            .names
+            .get(&switch::MacAddr::from_bytes(source).to_string())
+        {
             Some(host) => format!("{host} {mac} {transport} port {id}"),
             None => format!("{mac} {transport} port {id}"),
         }
@@ -216,6 +221,12 @@ impl Writer {
         let now = self.micros(Instant::now());
         self.pcapng.statistics(&mut self.out, now, &late);
     }
+}
+
+/// `02:00:00:00:00:0a`, as Wireshark writes MACs.
+fn colon_mac(bytes: &[u8]) -> String {
+    let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    hex.join(":")
 }
 
 /// Hands a chunk to the body; false when the reader left or stalled too long.
