@@ -167,9 +167,7 @@ fn timestamp(body: &mut Vec<u8>, us: u64) {
 }
 
 fn pad(body: &mut Vec<u8>) {
-    while body.len() % 4 != 0 {
-        body.push(0);
-    }
+    body.resize(body.len().next_multiple_of(4), 0);
 }
 
 fn option(body: &mut Vec<u8>, code: u16, value: &[u8]) {

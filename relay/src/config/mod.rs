@@ -162,6 +162,16 @@ mod tests {
     }
 
     #[test]
+    fn max_captures_is_bounded() {
+        let mut config = Config::default();
+        config.capture.max_captures = 0;
+        config.validate().unwrap();
+        config.capture.max_captures = 65;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("capture.max_captures"), "{error}");
+    }
+
+    #[test]
     fn origins_are_checked_in_one_place() {
         let mut config = Config::default();
         assert!(config.check_origin(Some(b"https://any.example")).is_ok());

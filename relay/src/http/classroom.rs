@@ -63,19 +63,30 @@ pub(super) fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
-/// The LAN named in a path, or a 400.
-pub(super) fn lan_name(name: &str) -> Result<LanName, Response> {
-    LanName::new(name).map_err(|invalid| error(StatusCode::BAD_REQUEST, invalid.to_string()))
+/// Why a per-LAN call was refused: the status and a one-line reason.
+pub(super) type Refusal = (StatusCode, String);
+
+/// The LAN named in the path and who asks for it, or why not (see [`authorize_lan`]).
+pub(super) fn lan_caller(
+    state: &AdminState,
+    name: &str,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<(LanName, Caller), Refusal> {
+    let lan =
+        LanName::new(name).map_err(|invalid| (StatusCode::BAD_REQUEST, invalid.to_string()))?;
+    let caller = authorize_lan(state, headers, uri, &lan)?;
+    Ok((lan, caller))
 }
 
 /// The admin token, or a teacher's join token for `lan`. Without `--admin-token` on a
 /// loopback listener, as for the other admin routes, no token is needed.
-pub(super) fn authorize_lan(
+fn authorize_lan(
     state: &AdminState,
     headers: &HeaderMap,
     uri: &Uri,
     lan: &LanName,
-) -> Result<Caller, Response> {
+) -> Result<Caller, Refusal> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -87,11 +98,11 @@ pub(super) fn authorize_lan(
         (None, None) if state.listen.ip().is_loopback() => Ok(Caller::Admin),
         (_, Some(given)) => match state.ctx.admission.verify_role(&given, lan, "teacher") {
             Ok(claims) => Ok(Caller::Teacher(claims.sub)),
-            Err(problem) => Err(error(StatusCode::UNAUTHORIZED, problem)),
+            Err(problem) => Err((StatusCode::UNAUTHORIZED, problem)),
         },
-        (_, None) => Err(error(
+        (_, None) => Err((
             StatusCode::UNAUTHORIZED,
-            "send the admin token, or a join token with role \"teacher\" for this LAN, as `Authorization: Bearer TOKEN`",
+            "send the admin token, or a join token with role \"teacher\" for this LAN, as `Authorization: Bearer TOKEN`".into(),
         )),
     }
 }
@@ -111,13 +122,9 @@ async fn set_internet(
     headers: HeaderMap,
     body: Option<Json<InternetSwitch>>,
 ) -> Response {
-    let lan = match lan_name(&name) {
-        Ok(lan) => lan,
-        Err(response) => return response,
-    };
-    let caller = match authorize_lan(&state, &headers, &uri, &lan) {
-        Ok(caller) => caller,
-        Err(response) => return response,
+    let (lan, caller) = match lan_caller(&state, &name, &headers, &uri) {
+        Ok(checked) => checked,
+        Err((status, message)) => return error(status, message),
     };
     let Some(Json(InternetSwitch { enabled })) = body else {
         return error(
@@ -167,13 +174,9 @@ async fn remove_machine(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let lan = match lan_name(&name) {
-        Ok(lan) => lan,
-        Err(response) => return response,
-    };
-    let caller = match authorize_lan(&state, &headers, &uri, &lan) {
-        Ok(caller) => caller,
-        Err(response) => return response,
+    let (lan, caller) = match lan_caller(&state, &name, &headers, &uri) {
+        Ok(checked) => checked,
+        Err((status, message)) => return error(status, message),
     };
     let Some(mac) = parse_mac(&mac) else {
         return error(
@@ -229,13 +232,9 @@ async fn close_lan(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let lan = match lan_name(&name) {
-        Ok(lan) => lan,
-        Err(response) => return response,
-    };
-    let caller = match authorize_lan(&state, &headers, &uri, &lan) {
-        Ok(caller) => caller,
-        Err(response) => return response,
+    let (lan, caller) = match lan_caller(&state, &name, &headers, &uri) {
+        Ok(checked) => checked,
+        Err((status, message)) => return error(status, message),
     };
     let Some(closed) = state.lans.close_lan(&lan) else {
         return error(

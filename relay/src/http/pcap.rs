@@ -21,7 +21,7 @@ use capture::{Filter, Pcapng};
 use tokio::sync::{mpsc, oneshot};
 
 use super::admin::{AdminState, error};
-use super::classroom::{authorize_lan, lan_name};
+use super::classroom::lan_caller;
 use crate::gateway_port::commands::GatewayCommand;
 use crate::lan::{CaptureError, CaptureTap, Captured};
 use crate::transport::query_param;
@@ -90,13 +90,9 @@ pub(super) async fn handler(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let lan = match lan_name(&name) {
-        Ok(lan) => lan,
-        Err(response) => return response,
-    };
-    let caller = match authorize_lan(&state, &headers, &uri, &lan) {
-        Ok(caller) => caller,
-        Err(response) => return response,
+    let (lan, caller) = match lan_caller(&state, &name, &headers, &uri) {
+        Ok(checked) => checked,
+        Err((status, message)) => return error(status, message),
     };
     let mut options = match Options::parse(uri.query()) {
         Ok(options) => options,
