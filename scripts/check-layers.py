@@ -47,7 +47,7 @@ GATEWAY_LAYERS = {
     "lib": 9,
 }
 
-SANS_IO_CRATES = ["labels", "switch", "gateway", "dhcp", "dns", "webtransport", "webrtc-gw"]
+SANS_IO_CRATES = ["labels", "capture", "switch", "gateway", "dhcp", "dns", "webtransport", "webrtc-gw"]
 OPTIONAL_SANS_IO_CRATES = ["wisp", "admission"]
 
 USE_RE = re.compile(r"\bcrate::([a-z_][a-z0-9_]*)")

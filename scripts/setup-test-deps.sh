@@ -18,6 +18,9 @@ have chromium || need+=(chromium)
 have slirp4netns || need+=(slirp4netns)
 have node || need+=(nodejs)
 have npm || need+=(npm)
+# tshark reads the pcapng of relay/tests/classroom.rs; its debconf question (non-root capture)
+# is answered by DEBIAN_FRONTEND=noninteractive below.
+have tshark || need+=(tshark)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

@@ -376,6 +376,29 @@ fn release_then_rediscover_gets_the_same_address() {
 }
 
 #[test]
+fn release_mac_frees_the_address_for_the_next_client() {
+    let mut server = DhcpServer::new(DhcpConfig {
+        pool_start: lan(15),
+        pool_end: lan(16),
+        ..DhcpConfig::default()
+    })
+    .unwrap();
+    let now = Instant::now();
+    let first = acquire(&mut server, now, mac(1));
+    let _second = acquire(&mut server, now, mac(2));
+    assert_eq!(discover(&mut server, now, mac(3)), None, "the pool is full");
+    events(&mut server);
+    assert_eq!(server.release_mac(mac(1)), vec![first]);
+    assert!(server.lease_by_mac(mac(1)).is_none());
+    assert!(matches!(
+        events(&mut server).last(),
+        Some(LeaseEvent::Released { ip, .. }) if *ip == first
+    ));
+    assert_eq!(acquire(&mut server, now, mac(3)), first);
+    assert!(server.release_mac(mac(9)).is_empty());
+}
+
+#[test]
 fn release_from_another_client_is_ignored() {
     let mut server = server();
     let now = Instant::now();

@@ -232,6 +232,27 @@ impl DhcpServer {
         self.leases().find(|lease| lease.mac == mac)
     }
 
+    /// Ends every dynamic lease of `mac` now (an administrator removed the machine), as a
+    /// DHCPRELEASE would: each is reported as [`LeaseEvent::Released`] and its address is
+    /// free for the next client. Returns the addresses released.
+    pub fn release_mac(&mut self, mac: EthernetAddress) -> Vec<Ipv4Addr> {
+        let ips: Vec<Ipv4Addr> = self
+            .leases()
+            .filter(|lease| lease.mac == mac && !lease.is_static)
+            .map(|lease| lease.ip)
+            .collect();
+        for &ip in &ips {
+            if let Some(Slot::Bound(lease)) = self.remove_slot(ip) {
+                self.push_event(LeaseEvent::Released {
+                    mac: lease.mac,
+                    ip,
+                    host_name: lease.host_name,
+                });
+            }
+        }
+        ips
+    }
+
     /// The lowest-addressed lease with this host name (case-insensitive).
     pub fn lease_by_host_name(&self, name: &str) -> Option<&Lease> {
         self.leases().find(|lease| {

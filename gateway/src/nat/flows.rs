@@ -134,6 +134,9 @@ impl Nat {
         protocol: NatProtocol,
         remote: SocketAddrV4,
     ) -> Result<SocketAddrV4, DenyReason> {
+        if !self.internet {
+            return Err(DenyReason::InternetOff);
+        }
         if *remote.ip() == self.gateway_ip && self.config.host_loopback {
             return Ok(SocketAddrV4::new(Ipv4Addr::LOCALHOST, remote.port()));
         }

@@ -18,11 +18,14 @@ impl Nat {
         seq: u16,
         data: &[u8],
     ) {
-        if let Err(reason) = self
-            .config
-            .policy
-            .check(NatProtocol::Icmp, ip.dst_addr, None)
-        {
+        let allowed = match self.internet {
+            true => self
+                .config
+                .policy
+                .check(NatProtocol::Icmp, ip.dst_addr, None),
+            false => Err(super::DenyReason::InternetOff),
+        };
+        if let Err(reason) = allowed {
             self.stats.denied.add(reason);
             return;
         }

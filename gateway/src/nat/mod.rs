@@ -36,6 +36,7 @@
 //!   open_inbound_tcp(now, target) / inbound_udp(now, client, target, data)  port forwards
 //!   set_host_addresses(addresses)                          the host's own addresses (policy)
 //!   set_policy(policy)                                     new egress rules (reload)
+//!   set_internet(enabled)                                  a teacher's switch: off refuses new flows
 //! outputs
 //!   poll_action() -> Option<NatAction>          host sockets to open, use and close
 //!   poll_tcp_status() -> Option<TcpStatus>      TCP flows whose state changed; tcp_status(flow)
@@ -223,6 +224,9 @@ pub struct Nat {
     next_inbound_port: u16,
     /// IPv4 identification of the next datagram we fragment (the VM reassembles by it).
     next_ident: u16,
+    /// Off: every new outbound flow is refused (a teacher's switch, kept apart from the
+    /// policy so a config reload does not turn it back on).
+    internet: bool,
     stats: NatStats,
 }
 
@@ -292,6 +296,7 @@ impl Nat {
             next_sweep: now + SWEEP_INTERVAL,
             next_inbound_port: *INBOUND_PORTS.start(),
             next_ident: 1,
+            internet: true,
             stats: NatStats::default(),
         };
         nat.ensure_dns_listener();
@@ -315,6 +320,16 @@ impl Nat {
     /// flow is checked against the new rules.
     pub fn set_policy(&mut self, policy: EgressPolicy) {
         self.config.policy = policy;
+    }
+
+    /// Switches the LAN's internet access: off refuses every new outbound flow (a TCP SYN
+    /// gets a RST at once, UDP an ICMP unreachable, ping nothing); flows already open stay.
+    pub fn set_internet(&mut self, enabled: bool) {
+        self.internet = enabled;
+    }
+
+    pub fn internet(&self) -> bool {
+        self.internet
     }
 
     /// The next host action.

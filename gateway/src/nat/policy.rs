@@ -52,6 +52,8 @@ labels::label_enum! {
         DenyRule => "deny_rule",
         /// Over the VM's flow or connection-rate limit.
         Limit => "limit",
+        /// The LAN's internet access is switched off (`Nat::set_internet`).
+        InternetOff => "internet_off",
     }
 }
 

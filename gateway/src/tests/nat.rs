@@ -169,6 +169,28 @@ fn nat_policy_refuses_private_loopback_and_port_25() {
 }
 
 #[test]
+fn nat_internet_off_resets_at_once_and_on_again_connects() {
+    let now = Instant::now();
+    let mut gateway = nat_gateway(now);
+    let to = SocketAddrV4::new(INTERNET, 80);
+    gateway.nat_mut().unwrap().set_internet(false);
+    gateway.handle_frame(now, &tcp_frame(to, TcpControl::Syn, 1, None));
+    let (_, rst) = parse_tcp(&one_frame(&mut gateway));
+    assert_eq!(rst.control, TcpControl::Rst);
+    let nat = gateway.nat_mut().unwrap();
+    assert_eq!(nat.poll_action(), None, "no host socket is opened");
+    assert_eq!(nat.stats().denied.get(DenyReason::InternetOff), 1);
+    assert!(!nat.internet());
+    nat.set_internet(true);
+    gateway.handle_frame(now, &tcp_frame(to, TcpControl::Syn, 1, None));
+    let action = gateway.nat_mut().unwrap().poll_action();
+    assert!(
+        matches!(action, Some(NatAction::TcpConnect { .. })),
+        "{action:?}"
+    );
+}
+
+#[test]
 fn nat_udp_answers_only_from_contacted_peers() {
     let now = Instant::now();
     let mut gateway = nat_gateway(now);

@@ -234,6 +234,30 @@ impl Admission {
         })
     }
 
+    /// Checks a token shown to the admin API for LAN `lan`: signed by a key of `[auth]`,
+    /// valid now, its `lan` claim covering `lan`, and its `role` claim `role` (a teacher's
+    /// capture and controls). The error is one line for a 401 body, never the token.
+    pub(crate) fn verify_role(
+        &self,
+        token: &str,
+        lan: &LanName,
+        role: &str,
+    ) -> Result<Claims, String> {
+        let policy = self.policy();
+        let Some(verifier) = &policy.verifier else {
+            return Err("join tokens are off ([auth] has no keys): use the admin token".into());
+        };
+        let claims = verifier
+            .verify(Some(token), lan.as_str(), unix_now())
+            .map_err(|error| error.to_string())?;
+        if claims.role.as_deref() != Some(role) {
+            return Err(format!(
+                "this token's role is not {role:?}: mint one with \"role\": \"{role}\""
+            ));
+        }
+        Ok(claims)
+    }
+
     fn lock_limiter(&self) -> std::sync::MutexGuard<'_, IpLimiter> {
         self.limiter
             .lock()

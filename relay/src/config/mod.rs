@@ -23,7 +23,8 @@ pub(crate) use nat::core_config;
 pub(crate) use network::NetworkTables;
 pub(crate) use port_forward::{ForwardProtocol, ForwardTarget, PortForwardRule};
 pub use sections::{
-    DefaultLan, DhcpSection, DnsSection, LimitsConfig, ServerConfig, SwitchSection, WebSocketConfig,
+    CaptureSection, DefaultLan, DhcpSection, DnsSection, LimitsConfig, ServerConfig, SwitchSection,
+    WebSocketConfig,
 };
 pub use transports::{
     TlsConfig, WebRtcAddrs, WebRtcSection, WebTransportConfig, WebTransportListen,
@@ -53,6 +54,8 @@ pub struct Config {
     pub auth: AuthSection,
     /// The Wisp server at `/wisp/` (see `crate::transport::wisp`).
     pub wisp: WispSection,
+    /// LAN captures through the admin API.
+    pub capture: CaptureSection,
 }
 
 /// Bandwidth limits in bytes per second; `None` is unlimited.
@@ -196,6 +199,16 @@ mod tests {
         parsed.network = toml::Table::new();
         assert_eq!(parsed, Config::default());
         parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn max_captures_is_bounded() {
+        let mut config = Config::default();
+        config.capture.max_captures = 0;
+        config.validate().unwrap();
+        config.capture.max_captures = 65;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("capture.max_captures"), "{error}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The plain sections of the config file: `[server]`, `[limits]`, `[switch]`,
-//! `[websocket]`, `[dns]`, `[dhcp]`, with their defaults.
+//! `[websocket]`, `[dns]`, `[dhcp]`, `[capture]`, with their defaults.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -100,6 +100,22 @@ pub struct LimitsConfig {
     /// Connections on `--listen` that have not sent a whole request head yet; more are
     /// closed at once.
     pub max_pending_http_connections: usize,
+}
+
+/// `[capture]`: packet captures of a LAN through the admin API
+/// (`GET /admin/lans/NAME/capture`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptureSection {
+    /// Captures running at once, relay-wide; 0 switches captures off. Each holds a
+    /// bounded queue of frames, so this bounds their memory.
+    pub max_captures: usize,
+}
+
+impl Default for CaptureSection {
+    fn default() -> Self {
+        Self { max_captures: 4 }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

@@ -4,6 +4,9 @@
 use super::{Config, ConfigError};
 use crate::shared::{LanName, MAX_FRAME_SIZE_LIMIT, MIN_FRAME_SIZE_LIMIT};
 
+/// Most captures `capture.max_captures` may allow at once.
+const MAX_CAPTURES: usize = 64;
+
 fn invalid(
     key: &'static str,
     value: impl ToString,
@@ -143,6 +146,14 @@ impl Config {
                 0,
                 "no machine could send",
                 "set at least 1 (the default is 64)",
+            );
+        }
+        if self.capture.max_captures > MAX_CAPTURES {
+            return invalid(
+                "capture.max_captures",
+                self.capture.max_captures,
+                "each capture holds a queue of frames, so this bounds their memory",
+                format!("use 0 (captures off) to {MAX_CAPTURES}; the default is 4"),
             );
         }
         let ws = &self.websocket;

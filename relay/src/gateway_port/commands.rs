@@ -1,7 +1,7 @@
 //! What other tasks ask of a LAN's gateway task ([`GatewayCommand`]), where they find it
 //! ([`GatewayDirectory`]), and how a forward's target is resolved in the LAN.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -34,13 +34,24 @@ pub(crate) enum GatewayCommand {
     Describe(oneshot::Sender<serde_json::Value>),
     /// New egress rules from a config reload.
     SetEgressPolicy(gateway::EgressPolicy),
+    /// A teacher's switch: NAT on or off for this LAN; the answer is false when the LAN has
+    /// no NAT.
+    SetInternet(bool, oneshot::Sender<bool>),
+    /// Ends the dynamic leases of a removed machine; the answer is the addresses freed.
+    ReleaseMac(gateway::EthernetAddress, oneshot::Sender<Vec<Ipv4Addr>>),
 }
 
-/// Each live gateway task's command channel, by LAN.
+/// Each live gateway task's command channel, by LAN, and the LANs whose internet a
+/// teacher switched off (remembered here so a LAN that goes and comes back keeps it off).
 #[derive(Debug, Default)]
 pub(crate) struct GatewayDirectory {
     gateways: Mutex<BTreeMap<LanName, mpsc::Sender<GatewayCommand>>>,
+    internet_off: Mutex<BTreeSet<LanName>>,
 }
+
+/// Most LANs remembered with their internet off: the set grows only by authorised calls,
+/// but a teacher token for `class-*` could name many.
+const MAX_INTERNET_OFF: usize = 4096;
 
 impl GatewayDirectory {
     pub(crate) fn register(&self, lan: &LanName, commands: mpsc::Sender<GatewayCommand>) {
@@ -53,6 +64,30 @@ impl GatewayDirectory {
         if let Ok(mut gateways) = self.gateways.lock() {
             gateways.remove(lan);
         }
+    }
+
+    /// Records a teacher's internet switch for `lan`; false when too many LANs are
+    /// already switched off to remember another.
+    pub(crate) fn set_internet(&self, lan: &LanName, enabled: bool) -> bool {
+        let Ok(mut off) = self.internet_off.lock() else {
+            return false;
+        };
+        if enabled {
+            off.remove(lan);
+        } else if off.len() < MAX_INTERNET_OFF {
+            off.insert(lan.clone());
+        } else {
+            return off.contains(lan);
+        }
+        true
+    }
+
+    /// Whether `lan`'s internet is on (the default).
+    pub(crate) fn internet(&self, lan: &LanName) -> bool {
+        self.internet_off
+            .lock()
+            .map(|off| !off.contains(lan))
+            .unwrap_or(true)
     }
 
     pub(crate) fn get(&self, lan: &LanName) -> Option<mpsc::Sender<GatewayCommand>> {
@@ -123,5 +158,6 @@ pub(crate) fn describe(gateway: &gateway::Gateway, now: Instant) -> serde_json::
                 .collect()
         })
         .unwrap_or_default();
-    serde_json::json!({ "leases": leases, "flows": flows })
+    let internet = gateway.nat().is_some_and(|nat| nat.internet());
+    serde_json::json!({ "leases": leases, "flows": flows, "internet": internet })
 }

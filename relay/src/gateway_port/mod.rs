@@ -66,6 +66,9 @@ impl LanHooks for GatewayHooks {
         let (host_events_tx, host_events) = mpsc::channel(EVENT_QUEUE);
         let nat_host = self.nat.as_ref().map(|shared| {
             gateway.enable_nat(shared.config(), Instant::now());
+            if let Some(nat) = gateway.nat_mut() {
+                nat.set_internet(self.directory.internet(lan.name()));
+            }
             NatHost::new(
                 shared.clone(),
                 host_events_tx,
@@ -253,6 +256,18 @@ impl GatewayDriver {
                 if let Some(nat) = self.gateway.nat_mut() {
                     nat.set_policy(policy);
                 }
+            }
+            GatewayCommand::SetInternet(enabled, reply) => {
+                let nat = self.gateway.nat_mut();
+                let has_nat = nat.is_some();
+                if let Some(nat) = nat {
+                    nat.set_internet(enabled);
+                }
+                let _ = reply.send(has_nat);
+            }
+            GatewayCommand::ReleaseMac(mac, reply) => {
+                let freed = self.gateway.dhcp_mut().release_mac(mac);
+                let _ = reply.send(freed);
             }
             GatewayCommand::Describe(reply) => {
                 let _ = reply.send(commands::describe(&self.gateway, Instant::now()));

@@ -10,6 +10,8 @@
 //! POST   /admin/tokens           body {"lan": "physics-*", "ttl_secs": 7200, "sub": "ada"} -> {"token": ...}
 //! POST   /admin/reload           read the config file again (as SIGHUP does)
 //! ```
+//!
+//! The per-LAN routes of a teacher (capture, internet, machines) are in `classroom.rs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,10 +64,12 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/admin/tokens", post(mint_token))
         .route("/admin/reload", post(reload))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .with_state(state)
+        .with_state(state.clone())
+        // After the layer: these check the admin token or a teacher's token themselves.
+        .merge(super::classroom::router(state))
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 

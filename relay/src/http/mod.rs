@@ -3,10 +3,12 @@
 //! `/metrics` on `--metrics-listen`, and TLS for the client listener.
 
 pub(crate) mod admin;
+mod classroom;
 pub(crate) mod demo;
 pub(crate) mod doh;
 pub(crate) mod metrics;
 pub(crate) mod net_info;
+mod pcap;
 pub(crate) mod serve;
 pub(crate) mod tls;
 

@@ -7,8 +7,10 @@
 //! that port only, so a slow client never slows its neighbours. LANs appear on first join
 //! and vanish with their last port.
 
+mod close;
 mod port;
 mod shaping;
+mod tap;
 mod traffic;
 mod view;
 
@@ -25,6 +27,7 @@ use crate::config::{Config, Rates};
 use crate::shared::{LanName, Transport};
 
 pub(crate) use port::{Port, PortReceiver};
+pub(crate) use tap::{CaptureError, CaptureTap, Captured};
 pub(crate) use traffic::{PortCounters, Totals, TrafficSnapshot};
 #[cfg(test)]
 pub(crate) use view::PortView;
@@ -103,6 +106,8 @@ pub(crate) struct LanRegistry {
     connections: AtomicUsize,
     limits: PortLimits,
     totals: Totals,
+    /// Captures running on every LAN together (`[capture] max_captures`).
+    captures: AtomicUsize,
 }
 
 /// One virtual LAN: its switch and the queues of its ports.
@@ -118,6 +123,9 @@ pub(crate) struct Lan {
     kept_by_service: std::sync::atomic::AtomicBool,
     /// The creator's permit (see [`LanCreator`]), released when the LAN is removed.
     creator_permit: Mutex<Option<LanPermitBox>>,
+    /// Captures of this LAN (see `tap.rs`), and how many: the hot path reads only that.
+    taps: Mutex<Vec<tap::Tap>>,
+    capturing: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -173,6 +181,7 @@ impl LanRegistry {
                 },
             },
             totals: Totals::default(),
+            captures: AtomicUsize::new(0),
         })
     }
 
@@ -256,6 +265,8 @@ impl LanRegistry {
             idle: tokio::sync::Notify::new(),
             kept_by_service: std::sync::atomic::AtomicBool::new(false),
             creator_permit: Mutex::new(Some(permit)),
+            taps: Mutex::new(Vec::new()),
+            capturing: AtomicUsize::new(0),
         });
         lans.insert(name.clone(), lan.clone());
         tracing::info!(lan = %name, "LAN created");

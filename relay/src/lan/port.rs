@@ -86,8 +86,13 @@ impl Port {
         if frame.len() > self.registry.limits.max_frame_size {
             return self.count_drop(DropReason::TooLarge);
         }
+        if self.counters.closed.load(Relaxed) {
+            // An administrator closed this port; its transport is on its way out.
+            return;
+        }
         let mut state = lock(&self.lan.state);
         let frame = self.translate_from_client(&state, frame);
+        self.lan.tap(self.id, self.transport, now, &frame);
         match state.switch.handle_frame(now, self.id, &frame) {
             SwitchDecision::Unicast(to) => {
                 if let Some(output) = state.ports.get(&to)

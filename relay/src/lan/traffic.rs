@@ -77,6 +77,8 @@ pub(crate) struct PortCounters {
     pub(crate) queued_floods: std::sync::atomic::AtomicUsize,
     /// Set when this port's machine shares its MAC with another live port.
     pub(crate) translation: std::sync::OnceLock<MacTranslation>,
+    /// Set when an administrator closed the port: its frames are ignored from then on.
+    pub(crate) closed: std::sync::atomic::AtomicBool,
 }
 
 impl PortCounters {
