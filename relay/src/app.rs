@@ -166,6 +166,17 @@ async fn start_gateways(
     Ok(Gateways { nat, ..gateways })
 }
 
+/// The `--listen` certificate, when TLS is on.
+fn load_tls(config: &Config) -> Result<Option<tls::TlsCell>, StartError> {
+    match config.tls.paths() {
+        Ok(Some((cert, key))) => Ok(Some(tls::TlsCell::new(
+            tls::load(cert, key).map_err(StartError::Tls)?,
+        ))),
+        Ok(None) => Ok(None),
+        Err(problem) => Err(StartError::Tls(problem)),
+    }
+}
+
 fn start_admission(config: &Config) -> Result<Arc<Admission>, StartError> {
     let admission = Admission::new(config).map_err(StartError::Auth)?;
     if !admission.auth_enabled() && !config.server.listen.ip().is_loopback() {
@@ -209,13 +220,7 @@ impl Relay {
         let gateways = start_gateways(&config, &lans, &leases).await?;
         let demo = demo::DemoFiles::locate(config.server.web_root.as_deref())
             .map_err(StartError::WebRoot)?;
-        let tls = match config.tls.paths() {
-            Ok(Some((cert, key))) => Some(tls::TlsCell::new(
-                tls::load(cert, key).map_err(StartError::Tls)?,
-            )),
-            Ok(None) => None,
-            Err(problem) => return Err(StartError::Tls(problem)),
-        };
+        let tls = load_tls(&config)?;
         let admission = start_admission(&config)?;
         let ctx = Arc::new(TransportContext::new(config, lans.clone(), admission));
         let servers = TaskTracker::new();

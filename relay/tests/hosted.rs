@@ -577,3 +577,75 @@ async fn empty_lans_keep_only_their_lease_snapshot() {
         "{steady:.0} bytes per retired LAN, over 4 KiB"
     );
 }
+
+#[tokio::test]
+async fn private_default_lans_keep_strangers_apart_and_find_a_reconnecting_vm() {
+    let mut config = test_config();
+    config.server.default_lan = relay::config::DefaultLan::Private;
+    let relay = start(config).await;
+    let addr = relay.listen_addr;
+    let (a_mac, b_mac) = ([0x02, 0xa0, 0, 0, 0, 1], [0x02, 0xb0, 0, 0, 0, 2]);
+    let (mut a, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+        .await
+        .unwrap();
+    let (mut b, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+        .await
+        .unwrap();
+    // Each machine's DISCOVER reaches its own LAN's gateway, and not the other machine.
+    send(&mut a, loadtest::packets::dhcp_discover(a_mac, 1).into()).await;
+    send(&mut b, loadtest::packets::dhcp_discover(b_mac, 1).into()).await;
+    let offer_a = dhcp_reply(&mut a, a_mac, "offer for a").await;
+    let offer_b = dhcp_reply(&mut b, b_mac, "offer for b").await;
+    assert_eq!(
+        offer_a.yiaddr, offer_b.yiaddr,
+        "two LANs, each with its first address"
+    );
+    send(&mut a, frame(BROADCAST, a_mac, 60, 42)).await;
+    expect_silence(&mut b, Duration::from_millis(300)).await;
+    let text = scrape(&relay).await;
+    assert_eq!(metric(&text, "v86_relay_lans"), 2, "one LAN each");
+    // A takes its lease, leaves, and comes back as a new socket with the same MAC: the same
+    // LAN (still 2 LANs), and its address is held for it.
+    let server = offer_a.server_id.unwrap();
+    send(
+        &mut a,
+        loadtest::packets::dhcp_request(a_mac, 1, offer_a.yiaddr, server).into(),
+    )
+    .await;
+    dhcp_reply(&mut a, a_mac, "ack for a").await;
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut again, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+        .await
+        .unwrap();
+    send(
+        &mut again,
+        loadtest::packets::dhcp_discover(a_mac, 2).into(),
+    )
+    .await;
+    let back = loop {
+        let frame = recv(&mut again, Duration::from_secs(5))
+            .await
+            .expect("offer again");
+        if let Some(reply) = loadtest::packets::parse_dhcp_reply(&frame, a_mac, 2) {
+            break reply;
+        }
+    };
+    assert_eq!(
+        back.yiaddr, offer_a.yiaddr,
+        "the reconnecting VM keeps its address"
+    );
+    assert_eq!(
+        metric(&scrape(&relay).await, "v86_relay_lans"),
+        2,
+        "no third LAN"
+    );
+    // Nobody may join a private LAN by name.
+    assert_eq!(
+        upgrade(LOCAL, addr, "/lan/private-0123456789abcdef", &[])
+            .await
+            .0,
+        400
+    );
+    relay.shutdown().await;
+}

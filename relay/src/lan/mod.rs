@@ -82,7 +82,8 @@ struct PortLimits {
     default_rates: Rates,
     max_frame_size: usize,
     queue_frames: usize,
-    /// Broadcast copies a VM's queue may hold (an eighth of it, at least 16).
+    /// Broadcast copies a VM's queue may hold (a quarter of it, at least 64: a burst of
+    /// broadcasts to a healthy VM must still pass).
     flood_queue_frames: usize,
     max_connections: usize,
     max_ports_per_lan: usize,
@@ -171,7 +172,7 @@ impl LanRegistry {
                     .collect(),
                 max_frame_size: config.limits.max_frame_size,
                 queue_frames: config.limits.port_queue_frames,
-                flood_queue_frames: (config.limits.port_queue_frames / 8).max(16),
+                flood_queue_frames: (config.limits.port_queue_frames / 4).max(64),
                 max_connections: config.limits.max_connections,
                 max_ports_per_lan: config.limits.max_ports_per_lan,
                 max_lans: config.limits.max_lans,

@@ -58,7 +58,7 @@ labels::label_enum! {
         /// The destination port's queue was full.
         QueueFull => "queue_full",
         /// A broadcast or multicast copy for a VM whose queue already holds its share of
-        /// them (an eighth of `limits.port_queue_frames`).
+        /// them (a quarter of `limits.port_queue_frames`, at least 64).
         FloodFull => "flood_full",
         /// Over the sender's, the receiver's or the LAN's bandwidth (`port_rate`, `lan_rate`).
         Shaped => "shaped",
