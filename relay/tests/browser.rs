@@ -66,14 +66,58 @@ async fn chromium_page_over_webtransport_and_node_websocket_share_a_lan() {
         let tap = common::netns::attach_tap(relay.listen_addr.port(), "t", &ns);
         (ns, tap)
     });
-    let dir = std::env::temp_dir().join(format!("v86-relay-browser-{}", std::process::id()));
+    let pinging = namespace.is_some();
+    let (status, output) = run_transports_test(&relay, pinging, None).await;
+    let text = scrape(&relay).await;
+    drop(namespace);
+    relay.shutdown().await;
+    match status {
+        Some(status) => assert!(status.success(), "transports.test.mjs failed:\n{output}"),
+        None => panic!("transports.test.mjs did not finish in 120 s:\n{output}"),
+    }
+    assert!(output.contains("ok: "), "{output}");
+    if pinging {
+        assert!(output.contains("pinged namespace 10.0.2.77"), "{output}");
+    }
+    // The page's frames reached the relay over WebTransport, fragmented where needed.
+    assert!(
+        metric(
+            &text,
+            "v86_relay_frames_received_total{transport=\"webtransport\"}"
+        ) >= 5
+    );
+    assert!(metric(&text, "v86_relay_webtransport_fragments_received_total") >= 6);
+    assert_eq!(
+        metric(
+            &text,
+            "v86_relay_webtransport_reassembly_drops_total{reason=\"timeout\"}"
+        ),
+        0
+    );
+}
+
+/// Runs tests/js/transports.test.mjs against `relay`; its exit status (None: timed out)
+/// and output.
+async fn run_transports_test(
+    relay: &relay::Relay,
+    pinging: bool,
+    token: Option<&str>,
+) -> (Option<std::process::ExitStatus>, String) {
+    // One folder per run: the two tests of this file run at once in one process.
+    let dir = std::env::temp_dir().join(format!(
+        "v86-relay-browser-{}-{}",
+        std::process::id(),
+        relay.listen_addr.port()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("node.log");
     let out = std::fs::File::create(&log).unwrap();
-    let pinging = namespace.is_some();
     let mut command = Command::new("node");
     if pinging {
         command.env("PING_IP", "10.0.2.77");
+    }
+    if let Some(token) = token {
+        command.env("TOKEN", token);
     }
     let mut child = command
         .arg(repo().join("tests/js/transports.test.mjs"))
@@ -102,30 +146,33 @@ async fn chromium_page_over_webtransport_and_node_websocket_share_a_lan() {
     let output = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
     println!("{output}");
+    (status, output)
+}
+
+/// With join tokens on, the pages join over WebTransport and WebRTC with the token that
+/// /net/info hands back on their URLs (and the Node client over WebSocket); without one,
+/// /net/info's URLs are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_pages_join_with_a_token_over_webtransport_and_webrtc() {
+    if !browser_or_skip("chromium_tokens") {
+        return;
+    }
+    let secret = "browser-secret-0123456789-abcdefghijklmnop";
+    let mut config = test_config();
+    config.auth.secrets = vec![secret.into()];
+    let relay = start(config).await;
+    let claims = admission::Claims::new("t", relay::app::unix_now(), Duration::from_secs(600));
+    let token = admission::mint_hs256(secret.as_bytes(), &claims);
+    let (status, output) = run_transports_test(&relay, false, Some(&token)).await;
     let text = scrape(&relay).await;
-    drop(namespace);
     relay.shutdown().await;
-    match status {
-        Some(status) => assert!(status.success(), "transports.test.mjs failed:\n{output}"),
-        None => panic!("transports.test.mjs did not finish in 120 s:\n{output}"),
-    }
-    assert!(output.contains("ok: "), "{output}");
-    if pinging {
-        assert!(output.contains("pinged namespace 10.0.2.77"), "{output}");
-    }
-    // The page's frames reached the relay over WebTransport, fragmented where needed.
     assert!(
-        metric(
-            &text,
-            "v86_relay_frames_received_total{transport=\"webtransport\"}"
-        ) >= 5
+        matches!(status, Some(s) if s.success()),
+        "transports.test.mjs with a token:\n{output}"
     );
-    assert!(metric(&text, "v86_relay_webtransport_fragments_received_total") >= 6);
-    assert_eq!(
-        metric(
-            &text,
-            "v86_relay_webtransport_reassembly_drops_total{reason=\"timeout\"}"
-        ),
-        0
-    );
+    assert!(output.contains("ok: "), "{output}");
+    for transport in ["webtransport", "webrtc", "websocket"] {
+        let sample = format!("v86_relay_connections_opened_total{{transport=\"{transport}\"}}");
+        assert!(metric(&text, &sample) >= 1, "{sample}: {output}");
+    }
 }

@@ -18,6 +18,9 @@ import WebSocket from "ws";
 const here = path.dirname(fileURLToPath(import.meta.url));
 const RELAY = process.env.RELAY_URL;
 if (!RELAY) throw new Error("set RELAY_URL=http://HOST:PORT of a running relay");
+// A join token for a relay with [auth]: passed on /net/info, which hands it back on every
+// transport's URL, and to the pages' relay-client.js.
+const TOKEN = process.env.TOKEN || null;
 const SIZES = [60, 1211, 1400, 1514];
 const LAN = "t";
 
@@ -52,7 +55,8 @@ const server = http.createServer((req, res) => {
 await new Promise((r) => server.listen(0, "127.0.0.1", r));
 const base = `http://127.0.0.1:${server.address().port}/`;
 
-const info = await (await fetch(`${RELAY}/net/info?lan=${LAN}`)).json();
+const tokenQuery = TOKEN ? `&token=${encodeURIComponent(TOKEN)}` : "";
+const info = await (await fetch(`${RELAY}/net/info?lan=${LAN}${tokenQuery}`)).json();
 console.log("net/info:", JSON.stringify(info));
 assert.ok(info.webtransport, "the relay offers WebTransport");
 
@@ -75,7 +79,7 @@ async function pagePeer(name, transport, n) {
   page.on("pageerror", (e) => console.log(`[${name}] page error: ${e}`));
   await page.goto(base);
   const got = await page.evaluate(
-    async ({ relay, lan, transport }) => {
+    async ({ relay, lan, transport, token }) => {
       const { connect } = await import("/relay-client.js");
       const listeners = [];
       window.rx = [];
@@ -93,10 +97,10 @@ async function pagePeer(name, transport, n) {
         },
       };
       window.guestSend = (bytes) => listeners.forEach((fn) => fn(new Uint8Array(bytes)));
-      window.link = await connect(emulator, { relay, lan, transport, log: console.log });
+      window.link = await connect(emulator, { relay, lan, transport, token, log: console.log });
       return window.link.transport;
     },
-    { relay: RELAY, lan: LAN, transport },
+    { relay: RELAY, lan: LAN, transport, token: TOKEN },
   );
   assert.equal(got, transport, `${name} is on ${transport}`);
   return {
