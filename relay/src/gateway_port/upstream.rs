@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 
 use dns::{UpstreamQuery, UpstreamResult};
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 
@@ -27,18 +26,8 @@ impl Upstream {
                 anyhow::anyhow!("cannot read the system DNS configuration ({e}); give servers with --dns-upstream IP:PORT")
             })?
         } else {
-            let name_servers = servers
-                .iter()
-                .map(|addr| {
-                    let mut udp = ConnectionConfig::udp();
-                    udp.port = addr.port();
-                    let mut tcp = ConnectionConfig::tcp();
-                    tcp.port = addr.port();
-                    NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-                })
-                .collect();
             TokioResolver::builder_with_config(
-                ResolverConfig::from_name_servers(name_servers),
+                crate::shared::dns_servers::resolver_config(servers),
                 TokioRuntimeProvider::default(),
             )
         };

@@ -4,6 +4,7 @@
 //! them, transports and drop reasons as bounded metric labels, frame-size limits, and the
 //! one table-driven metrics encoder that every collector uses.
 
+pub(crate) mod dns_servers;
 mod lan_name;
 pub(crate) mod metrics;
 

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use gateway::{DenyReason, EgressPolicy, NatProtocol};
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use wisp::{CloseReason, StreamType};
 
@@ -36,18 +35,9 @@ impl Resolver {
         if servers.is_empty() {
             return Ok(Resolver::System);
         }
-        let name_servers = servers
-            .iter()
-            .map(|addr| {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = addr.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = addr.port();
-                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-            })
-            .collect();
+
         let mut builder = TokioResolver::builder_with_config(
-            ResolverConfig::from_name_servers(name_servers),
+            crate::shared::dns_servers::resolver_config(servers),
             TokioRuntimeProvider::default(),
         );
         // A client names hosts as typed into a browser: absolute, no search list.
