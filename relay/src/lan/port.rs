@@ -193,6 +193,11 @@ impl Port {
             return;
         }
         let cap = self.registry.limits.flood_queue_frames;
+        if cap >= self.registry.limits.queue_frames {
+            // A small queue: its own bound is the only one (drops count as queue_full).
+            self.deliver(output, frame);
+            return;
+        }
         let floods = &output.counters.queued_floods;
         if floods
             .fetch_update(Relaxed, Relaxed, |n| (n < cap).then_some(n + 1))
