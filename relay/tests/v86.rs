@@ -352,3 +352,26 @@ fn guest_over_wisp_downloads_a_page_and_20_mb() {
     let out = run_node("guest-wisp.mjs", &env, Duration::from_secs(600));
     assert!(out.contains("GUEST-WISP OK"), "{out}");
 }
+
+/// v86's fetch backend (`relay_url: "fetch"`) with the relay's CORS proxy: v86 turns the
+/// guest's HTTP requests into `fetch(cors_proxy + encodeURIComponent(url))`.
+#[test]
+fn guest_over_fetch_uses_the_cors_proxy() {
+    if !ready_or_skip("guest_over_fetch_uses_the_cors_proxy", false)
+        || !root_or_skip("guest_over_fetch_uses_the_cors_proxy")
+    {
+        return;
+    }
+    let web = WebServer::start("v86fetch", 62);
+    let (_relay, port) = start_relay(&["--cors-proxy"]);
+    let env = [
+        ("V86_RELAY_URL", "fetch".to_owned()),
+        ("V86_CORS_PROXY", format!("http://127.0.0.1:{port}/cors/")),
+        ("V86_PAGE_URL", web.url("index.html")),
+        ("V86_PAGE_EXPECT", web.page.clone()),
+        ("V86_BIG_URL", web.url("big.bin")),
+        ("V86_BIG_SHA256", web.big_sha256.clone()),
+    ];
+    let out = run_node("guest-wisp.mjs", &env, Duration::from_secs(600));
+    assert!(out.contains("GUEST-WISP OK"), "{out}");
+}

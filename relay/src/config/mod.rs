@@ -4,6 +4,7 @@
 //! sans-IO crates, so every later layer can read a `Config` and none is needed to build one.
 
 mod auth;
+mod cors;
 mod nat;
 mod network;
 mod port_forward;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use auth::AuthSection;
+pub use cors::CorsSection;
 pub use nat::NatSection;
 pub(crate) use nat::core_config;
 pub(crate) use network::NetworkTables;
@@ -53,6 +55,8 @@ pub struct Config {
     pub auth: AuthSection,
     /// The Wisp server at `/wisp/` (see `crate::transport::wisp`).
     pub wisp: WispSection,
+    /// The CORS proxy at `/cors/` for v86's fetch backend (see `crate::http::cors`).
+    pub cors: CorsSection,
 }
 
 /// A configuration mistake, worded for the person who made it.

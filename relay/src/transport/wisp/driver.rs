@@ -119,10 +119,7 @@ pub(crate) async fn serve(
         ..SessionConfig::default()
     };
     // The policy as configured now: a reload applies to sessions opened after it.
-    let mut policy = crate::config::core_config(&config.nat)
-        .map(|c| c.policy)
-        .unwrap_or_default();
-    policy.host_addresses = shared.host_addresses.clone();
+    let policy = shared.egress_policy(&config);
     let (reports, mut report_rx) = mpsc::channel(REPORT_QUEUE);
     let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(WRITER_QUEUE);
     let stop = ctx.shutdown.child_token();

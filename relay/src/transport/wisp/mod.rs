@@ -32,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use wisp::{PasswordAuth, Version};
 
-pub(crate) use egress::Resolver;
+pub(crate) use egress::{Resolver, allowed};
 pub(crate) use stats::WispStats;
 
 use super::{
@@ -63,6 +63,21 @@ impl WispShared {
             resolver,
             host_addresses,
         })
+    }
+
+    /// `[nat]`'s egress policy in `config`, with this host's own addresses denied: what
+    /// Wisp streams and the CORS proxy may reach.
+    pub(crate) fn egress_policy(&self, config: &crate::config::Config) -> gateway::EgressPolicy {
+        let mut policy = crate::config::core_config(&config.nat)
+            .map(|c| c.policy)
+            .unwrap_or_default();
+        policy.host_addresses = self.host_addresses.clone();
+        policy
+    }
+
+    /// The resolver Wisp streams and the CORS proxy use.
+    pub(crate) fn resolver(&self) -> &Resolver {
+        &self.resolver
     }
 }
 
