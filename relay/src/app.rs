@@ -20,7 +20,7 @@ use crate::gateway_port::stats::{GatewayStatsRegistry, GatewayTotals};
 use crate::gateway_port::upstream::Upstream;
 use crate::http::{AppState, admin, demo, metrics, serve, tls};
 use crate::lan::LanRegistry;
-use crate::nat::{NatShared, PingMode};
+use crate::nat::{NatShared, PingMode, host_addresses};
 use crate::reload::{ConfigSource, Reloader};
 use crate::transport::TransportContext;
 use crate::transport::webrtc::{self, WebRtcStartError};
@@ -103,7 +103,7 @@ fn nat_shared(
         return Ok(None);
     }
     let mut core = crate::config::core_config(&config.nat).map_err(StartError::Nat)?;
-    core.policy.host_addresses = crate::nat::host_addresses();
+    core.policy.host_addresses = host_addresses();
     let ping_mode = PingMode::detect();
     if ping_mode == PingMode::Unavailable {
         tracing::warn!(
@@ -166,6 +166,17 @@ async fn start_gateways(
     Ok(Gateways { nat, ..gateways })
 }
 
+/// The certificate for the client listener, when `[tls]` names one.
+fn load_tls(config: &Config) -> Result<Option<tls::TlsCell>, StartError> {
+    match config.tls.paths() {
+        Ok(Some((cert, key))) => Ok(Some(tls::TlsCell::new(
+            tls::load(cert, key).map_err(StartError::Tls)?,
+        ))),
+        Ok(None) => Ok(None),
+        Err(problem) => Err(StartError::Tls(problem)),
+    }
+}
+
 fn start_admission(config: &Config) -> Result<Arc<Admission>, StartError> {
     let admission = Admission::new(config).map_err(StartError::Auth)?;
     if !admission.auth_enabled() && !config.server.listen.ip().is_loopback() {
@@ -209,13 +220,7 @@ impl Relay {
         let gateways = start_gateways(&config, &lans, &leases).await?;
         let demo = demo::DemoFiles::locate(config.server.web_root.as_deref())
             .map_err(StartError::WebRoot)?;
-        let tls = match config.tls.paths() {
-            Ok(Some((cert, key))) => Some(tls::TlsCell::new(
-                tls::load(cert, key).map_err(StartError::Tls)?,
-            )),
-            Ok(None) => None,
-            Err(problem) => return Err(StartError::Tls(problem)),
-        };
+        let tls = load_tls(&config)?;
         let admission = start_admission(&config)?;
         let ctx = Arc::new(TransportContext::new(config, lans.clone(), admission));
         let servers = TaskTracker::new();
@@ -227,7 +232,7 @@ impl Relay {
         let webrtc = webrtc::start(&ctx).await?;
         // Built even when [wisp] is off, so a reload can switch it on.
         let resolver = Resolver::new(&ctx.config().dns.upstream).map_err(StartError::Dns)?;
-        let wisp = WispShared::new(resolver, crate::nat::host_addresses());
+        let wisp = WispShared::new(resolver, host_addresses(), gateways.directory.clone());
         let app = Arc::new(AppState {
             ctx: ctx.clone(),
             leases: leases.clone(),
