@@ -20,7 +20,7 @@ use crate::gateway_port::stats::{GatewayStatsRegistry, GatewayTotals};
 use crate::gateway_port::upstream::Upstream;
 use crate::http::{AppState, admin, demo, metrics, serve, tls};
 use crate::lan::LanRegistry;
-use crate::nat::{NatShared, PingMode};
+use crate::nat::{NatShared, PingMode, host_addresses};
 use crate::reload::{ConfigSource, Reloader};
 use crate::transport::TransportContext;
 use crate::transport::webrtc::{self, WebRtcStartError};
@@ -103,7 +103,7 @@ fn nat_shared(
         return Ok(None);
     }
     let mut core = crate::config::core_config(&config.nat).map_err(StartError::Nat)?;
-    core.policy.host_addresses = crate::nat::host_addresses();
+    core.policy.host_addresses = host_addresses();
     let ping_mode = PingMode::detect();
     if ping_mode == PingMode::Unavailable {
         tracing::warn!(
@@ -232,7 +232,7 @@ impl Relay {
         let webrtc = webrtc::start(&ctx).await?;
         // Built even when [wisp] is off, so a reload can switch it on.
         let resolver = Resolver::new(&ctx.config().dns.upstream).map_err(StartError::Dns)?;
-        let wisp = WispShared::new(resolver, crate::nat::host_addresses());
+        let wisp = WispShared::new(resolver, host_addresses(), gateways.directory.clone());
         let app = Arc::new(AppState {
             ctx: ctx.clone(),
             leases: leases.clone(),

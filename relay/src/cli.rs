@@ -179,6 +179,9 @@ pub struct ServeArgs {
     /// `https://class.example.org`. [default: any]
     #[arg(long, env = "V86_RELAY_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// Serve the CORS proxy for v86's fetch backend at /cors/ (`[cors] enabled`).
+    #[arg(long, env = "V86_RELAY_CORS_PROXY")]
+    pub cors_proxy: bool,
 }
 
 impl ServeArgs {
@@ -250,6 +253,9 @@ impl ServeArgs {
         }
         if !args.allowed_origins.is_empty() {
             config.server.allowed_origins = args.allowed_origins.clone();
+        }
+        if args.cors_proxy {
+            config.cors.enabled = true;
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The real v86 emulator against the relay: the guest from vendor/v86/build-guest.sh booted
-//! in Node (tests/js/guest-node.mjs) and the demo page in headless Chromium
-//! (tests/js/demo-chromium.mjs). Without node, the guest build or the npm packages these
+//! in Node (tests/js/guest-node.mjs), the same guest on v86's in-page backends (Wisp, and
+//! fetch through the relay's CORS proxy: tests/js/guest-wisp.mjs), and the demo page in
+//! headless Chromium (tests/js/demo-chromium.mjs). Without node, the guest build or the npm packages these
 //! tests skip with a message, unless V86_RELAY_REQUIRE_BROWSER=1 (set by .ci/run).
 
 mod common;
@@ -282,4 +283,95 @@ fn a_wrong_web_root_fails_at_start() {
         err.contains("web-demo/index.html") && err.contains("--web-root"),
         "{err}"
     );
+}
+
+/// A web server in an "internet" namespace (198.18.N.2, busybox httpd on port 80) serving a
+/// small page and a 20 MB file of deterministic bytes, for the in-page backends' tests.
+struct WebServer {
+    inet: common::internet::Internet,
+    _httpd: Proc,
+    _dir: common::vm::Scratch,
+    page: String,
+    big_sha256: String,
+}
+
+impl WebServer {
+    fn start(tag: &str, n: u8) -> WebServer {
+        use sha2::Digest;
+        let inet = common::internet::Internet::new(tag, n);
+        let dir = common::vm::Scratch::new(tag);
+        let page = format!("v86-relay-{tag}-{}", std::process::id());
+        std::fs::write(dir.0.join("index.html"), format!("{page}\n")).unwrap();
+        // xorshift bytes: nothing compresses them and a swapped block changes the checksum.
+        let mut big = vec![0u8; 20 << 20];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(n);
+        for chunk in big.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        let big_sha256 = format!("{:x}", sha2::Sha256::digest(&big));
+        std::fs::write(dir.0.join("big.bin"), &big).unwrap();
+        let root = dir.0.to_str().expect("utf-8 path").to_owned();
+        let httpd = inet.spawn(&["busybox", "httpd", "-f", "-p", "80", "-h", &root]);
+        common::internet::wait_listening(&inet.ns, &inet.addr(), 80);
+        WebServer {
+            inet,
+            _httpd: httpd,
+            _dir: dir,
+            page,
+            big_sha256,
+        }
+    }
+
+    fn url(&self, file: &str) -> String {
+        format!("http://{}/{file}", self.inet.addr())
+    }
+}
+
+/// v86's Wisp backend (`relay_url: "wisp://HOST:PORT/wisp/"`): v86 answers the guest's DHCP
+/// in the page and opens one Wisp stream per guest TCP connection; the guest downloads a
+/// page and 20 MB whose sha256 must match.
+#[test]
+fn guest_over_wisp_downloads_a_page_and_20_mb() {
+    if !ready_or_skip("guest_over_wisp_downloads_a_page_and_20_mb", false)
+        || !root_or_skip("guest_over_wisp_downloads_a_page_and_20_mb")
+    {
+        return;
+    }
+    let web = WebServer::start("v86wisp", 61);
+    let (_relay, port) = start_relay(&[]);
+    let env = [
+        ("V86_RELAY_URL", format!("wisp://127.0.0.1:{port}/wisp/")),
+        ("V86_PAGE_URL", web.url("index.html")),
+        ("V86_PAGE_EXPECT", web.page.clone()),
+        ("V86_BIG_URL", web.url("big.bin")),
+        ("V86_BIG_SHA256", web.big_sha256.clone()),
+    ];
+    let out = run_node("guest-wisp.mjs", &env, Duration::from_secs(600));
+    assert!(out.contains("GUEST-WISP OK"), "{out}");
+}
+
+/// v86's fetch backend (`relay_url: "fetch"`) with the relay's CORS proxy: v86 turns the
+/// guest's HTTP requests into `fetch(cors_proxy + encodeURIComponent(url))`.
+#[test]
+fn guest_over_fetch_uses_the_cors_proxy() {
+    if !ready_or_skip("guest_over_fetch_uses_the_cors_proxy", false)
+        || !root_or_skip("guest_over_fetch_uses_the_cors_proxy")
+    {
+        return;
+    }
+    let web = WebServer::start("v86fetch", 62);
+    let (_relay, port) = start_relay(&["--cors-proxy"]);
+    let env = [
+        ("V86_RELAY_URL", "fetch".to_owned()),
+        ("V86_CORS_PROXY", format!("http://127.0.0.1:{port}/cors/")),
+        ("V86_PAGE_URL", web.url("index.html")),
+        ("V86_PAGE_EXPECT", web.page.clone()),
+        ("V86_BIG_URL", web.url("big.bin")),
+        ("V86_BIG_SHA256", web.big_sha256.clone()),
+    ];
+    let out = run_node("guest-wisp.mjs", &env, Duration::from_secs(600));
+    assert!(out.contains("GUEST-WISP OK"), "{out}");
 }

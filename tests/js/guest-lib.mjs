@@ -35,9 +35,10 @@ async function guestFiles() {
 }
 
 export class Guest {
-  /** name: for logs; relayUrl: ws://.../lan/NAME; host/mac: guest identity on cold boot;
-   *  state: an ArrayBuffer from save() to restore instead of booting. */
-  static async start({ name, relayUrl, host, mac, state }) {
+  /** name: for logs; relayUrl: ws://.../lan/NAME (or v86's wisp://... or "fetch");
+   *  host/mac: guest identity on cold boot; state: an ArrayBuffer from save() to restore
+   *  instead of booting; netDevice: more net_device options (e.g. cors_proxy). */
+  static async start({ name, relayUrl, host, mac, state, netDevice }) {
     const f = await guestFiles();
     const g = new Guest(name);
     const cmdline = `${BASE_CMDLINE} v86host=${host}${mac ? ` v86mac=${mac}` : ""}`;
@@ -51,7 +52,7 @@ export class Guest {
       initrd: { buffer: f["initrd"] },
       cmdline,
       initial_state: state ? { buffer: state } : undefined,
-      net_device: { type: "virtio", relay_url: relayUrl },
+      net_device: { type: "virtio", relay_url: relayUrl, ...netDevice },
       autostart: true,
       disable_keyboard: true,
       disable_mouse: true,

@@ -4,6 +4,7 @@
 //! sans-IO crates, so every later layer can read a `Config` and none is needed to build one.
 
 mod auth;
+mod cors;
 mod nat;
 mod network;
 mod port_forward;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use auth::AuthSection;
+pub use cors::CorsSection;
 pub use nat::NatSection;
 pub(crate) use nat::core_config;
 pub(crate) use network::NetworkTables;
@@ -56,6 +58,8 @@ pub struct Config {
     pub wisp: WispSection,
     /// LAN captures through the admin API.
     pub capture: CaptureSection,
+    /// The CORS proxy at `/cors/` for v86's fetch backend (see `crate::http::cors`).
+    pub cors: CorsSection,
 }
 
 /// Bandwidth limits in bytes per second; `None` is unlimited.

@@ -44,6 +44,28 @@ impl std::fmt::Display for ForwardTarget {
     }
 }
 
+/// An IPv4 address, a MAC, or a DHCP host name (one label, as VMs send it).
+impl FromStr for ForwardTarget {
+    type Err = ();
+
+    fn from_str(target: &str) -> Result<Self, ()> {
+        if let Ok(ip) = target.parse::<Ipv4Addr>() {
+            Ok(ForwardTarget::Ip(ip))
+        } else if let Ok(mac) = EthernetAddress::from_str(target) {
+            Ok(ForwardTarget::Mac(mac))
+        } else if !target.is_empty()
+            && target.len() <= 63
+            && target
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            Ok(ForwardTarget::Host(target.to_ascii_lowercase()))
+        } else {
+            Err(())
+        }
+    }
+}
+
 impl std::fmt::Display for PortForwardRule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let protocol = match self.protocol {
@@ -89,22 +111,9 @@ impl FromStr for PortForwardRule {
             .ok()
             .filter(|&p| p != 0)
             .ok_or_else(|| bad("the target port is not 1-65535"))?;
-        let target = if let Ok(ip) = target.parse::<Ipv4Addr>() {
-            ForwardTarget::Ip(ip)
-        } else if let Ok(mac) = EthernetAddress::from_str(target) {
-            ForwardTarget::Mac(mac)
-        } else if !target.is_empty()
-            && target.len() <= 63
-            && target
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            ForwardTarget::Host(target.to_ascii_lowercase())
-        } else {
-            return Err(bad(
-                "the target is not an IPv4 address, a MAC or a host name",
-            ));
-        };
+        let target: ForwardTarget = target
+            .parse()
+            .map_err(|()| bad("the target is not an IPv4 address, a MAC or a host name"))?;
         Ok(PortForwardRule {
             protocol,
             listen,

@@ -203,6 +203,9 @@ impl Config {
         if let Err((key, value, problem, fix)) = self.wisp.validate() {
             return invalid(key, value, problem, fix);
         }
+        if let Err((key, value, problem, fix)) = self.cors.validate() {
+            return invalid(key, value, problem, fix);
+        }
         if let Err(fix) = self.tls.paths() {
             return invalid("tls.cert / tls.key", "one of them", "incomplete", fix);
         }

@@ -103,6 +103,23 @@ impl GatewayDirectory {
     }
 }
 
+/// Wisp streams at `/wisp/lan/NAME/` enter the LAN as a port forward's connections do.
+impl crate::transport::wisp::LanDoor for GatewayDirectory {
+    fn open(&self, lan: &LanName, target: ForwardTarget, port: u16, stream: TcpStream) -> bool {
+        let Some(gateway) = self.get(lan) else {
+            return false;
+        };
+        let _ = stream.set_nodelay(true);
+        // A full command queue refuses the stream rather than stalling the Wisp session.
+        let command = GatewayCommand::InboundTcp {
+            target,
+            port,
+            stream,
+        };
+        gateway.try_send(command).is_ok()
+    }
+}
+
 /// Resolves a forward's target in a LAN: an address as is, a host name or MAC through
 /// the DHCP leases (and, for a MAC, the neighbour cache).
 pub(crate) fn resolve_target(

@@ -1,9 +1,10 @@
 //! Layer 6: the HTTP side (docs/architecture.md, "Layers"). The client router on
-//! `--listen` (WebSocket joins, Wisp, DNS over HTTPS, `/net/info`, the demo, WebRTC offers), the admin API and
+//! `--listen` (WebSocket joins, Wisp, DNS over HTTPS, the CORS proxy, `/net/info`, the demo, WebRTC offers), the admin API and
 //! `/metrics` on `--metrics-listen`, and TLS for the client listener.
 
 pub(crate) mod admin;
 mod classroom;
+pub(crate) mod cors;
 pub(crate) mod demo;
 pub(crate) mod doh;
 pub(crate) mod metrics;
@@ -20,7 +21,7 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 
 use crate::admission::JoinRequest;
 use crate::config::DefaultLan;
@@ -65,6 +66,7 @@ pub(crate) fn client_router(app: Arc<AppState>) -> Router {
         .merge(demo::router(&app))
         .route("/net/info", get(net_info::handler))
         .route("/dns-query", get(doh::get).post(doh::post))
+        .route("/cors/{*target}", any(cors::handle))
         .with_state(app)
         .merge(offers)
         .merge(wisp)

@@ -26,6 +26,10 @@ pub(crate) struct NetInfo {
     /// The Wisp server (not a LAN's: the same for every `lan`), when `[wisp]` is on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) wisp: Option<String>,
+    /// The CORS proxy prefix for v86's fetch backend (`cors_proxy`), when `[cors]` is on;
+    /// a token rides in its path, as v86 appends the target URL to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cors_proxy: Option<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -89,12 +93,24 @@ pub(crate) fn build(
         .wisp
         .enabled
         .then(|| format!("{ws}://{host}:{http_port}/wisp/{query}"));
+    let token_path = token
+        .map(|t| {
+            let encoded =
+                percent_encoding::utf8_percent_encode(t, percent_encoding::NON_ALPHANUMERIC);
+            format!("token/{encoded}/")
+        })
+        .unwrap_or_default();
+    let cors_proxy = config
+        .cors
+        .enabled
+        .then(|| format!("{http}://{host}:{http_port}/cors/{token_path}"));
     NetInfo {
         lan: lan.to_string(),
         websocket: format!("{ws}://{host}:{http_port}{path}"),
         webtransport,
         webrtc,
         wisp,
+        cors_proxy,
     }
 }
 
@@ -182,6 +198,7 @@ mod tests {
             }),
             webrtc: None,
             wisp: Some("ws://h:1/wisp/".into()),
+            cors_proxy: None,
         };
         assert_eq!(
             serde_json::to_string(&info).unwrap(),

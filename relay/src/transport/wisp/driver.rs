@@ -51,7 +51,10 @@ pub(crate) struct Setup {
     /// `None` until a v2 client's password is checked.
     pub(crate) admitted: Option<Admitted>,
     pub(crate) requester: Requester,
+    /// The LAN admission judged: `wisp`, or the LAN of `/wisp/lan/NAME/`.
     pub(crate) lan: LanName,
+    /// Streams go into `lan` (`/wisp/lan/NAME/`), not to the internet.
+    pub(crate) lan_streams: bool,
 }
 
 /// The session's side of one stream task.
@@ -119,10 +122,7 @@ pub(crate) async fn serve(
         ..SessionConfig::default()
     };
     // The policy as configured now: a reload applies to sessions opened after it.
-    let mut policy = crate::config::core_config(&config.nat)
-        .map(|c| c.policy)
-        .unwrap_or_default();
-    policy.host_addresses = shared.host_addresses.clone();
+    let policy = shared.egress_policy(&config);
     let (reports, mut report_rx) = mpsc::channel(REPORT_QUEUE);
     let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(WRITER_QUEUE);
     let stop = ctx.shutdown.child_token();
@@ -290,6 +290,10 @@ impl Driver {
             port,
             policy: self.policy.clone(),
             resolver: self.shared.resolver.clone(),
+            lan: self
+                .setup
+                .lan_streams
+                .then(|| (self.setup.lan.clone(), self.shared.lan_door.clone())),
             connect_timeout: Duration::from_secs(config.wisp.connect_timeout_secs),
             stats: self.shared.stats.clone(),
             reports: self.reports.clone(),

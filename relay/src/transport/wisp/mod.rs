@@ -14,9 +14,15 @@
 //!
 //! A Wisp session is no LAN's port: admission sees it as LAN `wisp` (so a token needs
 //! `lan: "wisp"` or a pattern matching it), and join and leave are audit log records.
+//!
+//! `/wisp/lan/NAME/` is a session whose TCP streams go into LAN NAME instead of the
+//! internet: a CONNECT names a machine there by address, MAC or DHCP host name (`vm1`, or
+//! `vm1.NAME.lan`), and the LAN's gateway opens the connection from the gateway address,
+//! as it does for an inbound port forward ([`LanDoor`]). Admission sees it as LAN NAME.
 
 mod driver;
 mod egress;
+mod lan;
 mod stats;
 mod stream;
 
@@ -26,20 +32,22 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tokio::net::TcpStream;
 use wisp::{PasswordAuth, Version};
 
-pub(crate) use egress::Resolver;
+pub(crate) use egress::{Resolver, allowed};
 pub(crate) use stats::WispStats;
 
 use super::{
-    ClientAddr, TransportContext, bad_request, forbidden_origin, header_str, query_param,
-    refused_response,
+    ClientAddr, PRIVATE_LAN_PREFIX, TransportContext, bad_request, forbidden_origin, header_str,
+    query_param, refused_response,
 };
 use crate::admission::{JoinRequest, Refused};
+use crate::config::ForwardTarget;
 use crate::shared::{LanName, Transport};
 
 /// The LAN name admission and audit records use for Wisp sessions.
@@ -53,16 +61,46 @@ pub(crate) struct WispShared {
     resolver: Resolver,
     /// This host's own addresses, which the egress policy denies.
     host_addresses: Vec<Ipv4Addr>,
+    /// The way into LANs for `/wisp/lan/NAME/` streams.
+    lan_door: Arc<dyn LanDoor>,
+}
+
+/// How a stream of `/wisp/lan/NAME/` reaches a machine: the LAN's gateway takes one end of
+/// a socket pair for `target:port`, as it takes an inbound port forward's connection
+/// (implemented in `gateway_port`, a later layer).
+pub(crate) trait LanDoor: Send + Sync + std::fmt::Debug {
+    /// False when the LAN has no gateway now or cannot take more.
+    fn open(&self, lan: &LanName, target: ForwardTarget, port: u16, stream: TcpStream) -> bool;
 }
 
 impl WispShared {
-    pub(crate) fn new(resolver: Resolver, host_addresses: Vec<Ipv4Addr>) -> Arc<Self> {
+    pub(crate) fn new(
+        resolver: Resolver,
+        host_addresses: Vec<Ipv4Addr>,
+        lan_door: Arc<dyn LanDoor>,
+    ) -> Arc<Self> {
         Arc::new(WispShared {
             stats: Arc::default(),
             streams_by_ip: Arc::default(),
             resolver,
             host_addresses,
+            lan_door,
         })
+    }
+
+    /// `[nat]`'s egress policy in `config`, with this host's own addresses denied: what
+    /// Wisp streams and the CORS proxy may reach.
+    pub(crate) fn egress_policy(&self, config: &crate::config::Config) -> gateway::EgressPolicy {
+        let mut policy = crate::config::core_config(&config.nat)
+            .map(|c| c.policy)
+            .unwrap_or_default();
+        policy.host_addresses = self.host_addresses.clone();
+        policy
+    }
+
+    /// The resolver Wisp streams and the CORS proxy use.
+    pub(crate) fn resolver(&self) -> &Resolver {
+        &self.resolver
     }
 }
 
@@ -123,6 +161,8 @@ pub(crate) fn router(ctx: Arc<TransportContext>, shared: Arc<WispShared>) -> Rou
     Router::new()
         .route("/wisp", get(upgrade))
         .route("/wisp/", get(upgrade))
+        .route("/wisp/lan/{name}", get(upgrade_lan))
+        .route("/wisp/lan/{name}/", get(upgrade_lan))
         .with_state(state)
 }
 
@@ -157,6 +197,45 @@ async fn upgrade(
     uri: Uri,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let request = Upgrade { peer, uri, headers };
+    upgrade_into(&state, request, ws, None)
+}
+
+/// `/wisp/lan/NAME/`: streams into LAN NAME.
+async fn upgrade_lan(
+    State(state): State<Arc<RouteState>>,
+    ConnectInfo(ClientAddr(peer)): ConnectInfo<ClientAddr>,
+    Path(name): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let lan = match LanName::new(&name) {
+        Ok(lan) if lan.as_str().starts_with(PRIVATE_LAN_PREFIX) => {
+            return bad_request("the relay's private LANs cannot be entered by name");
+        }
+        Ok(lan) => lan,
+        Err(invalid) => return bad_request(invalid),
+    };
+    let request = Upgrade { peer, uri, headers };
+    upgrade_into(&state, request, ws, Some(lan))
+}
+
+/// The parts of an upgrade request both routes read.
+struct Upgrade {
+    peer: std::net::SocketAddr,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+/// The upgrade itself; `into_lan` is the LAN whose machines the streams reach, `None` for
+/// the internet.
+fn upgrade_into(
+    state: &RouteState,
+    Upgrade { peer, uri, headers }: Upgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    into_lan: Option<LanName>,
 ) -> Response {
     let config = state.ctx.config();
     if !config.wisp.enabled {
@@ -193,7 +272,7 @@ async fn upgrade(
         forwarded: header_str(&headers, "forwarded").map(str::to_owned),
     };
     let token = query_param(uri.query(), "token");
-    let setup = match admit(&state.ctx, requester, version, token.as_deref()) {
+    let setup = match admit(&state.ctx, requester, version, token.as_deref(), into_lan) {
         Ok(setup) => setup,
         Err(refused) => return refused_response(&refused),
     };
@@ -219,8 +298,11 @@ fn admit(
     requester: Requester,
     version: Version,
     token: Option<&str>,
+    into_lan: Option<LanName>,
 ) -> Result<driver::Setup, Refused> {
-    let lan = LanName::new(WISP_LAN).unwrap_or_else(|_| LanName::default_lan());
+    let lan_streams = into_lan.is_some();
+    let lan = into_lan
+        .unwrap_or_else(|| LanName::new(WISP_LAN).unwrap_or_else(|_| LanName::default_lan()));
     let deferred = version == Version::V2 && token.is_none() && ctx.admission.auth_enabled();
     let admitted = if deferred {
         None
@@ -237,6 +319,7 @@ fn admit(
         admitted,
         requester,
         lan,
+        lan_streams,
     })
 }
 

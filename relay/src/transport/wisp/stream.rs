@@ -16,8 +16,10 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use wisp::{CloseReason, StreamId, StreamType};
 
+use super::LanDoor;
 use super::egress::{Resolver, allowed};
 use super::stats::WispStats;
+use crate::shared::LanName;
 
 /// Most bytes one TCP read hands to the session (one DATA packet).
 pub(crate) const TCP_READ_SIZE: usize = 16 * 1024;
@@ -57,6 +59,8 @@ pub(crate) struct StreamJob {
     pub(crate) port: u16,
     pub(crate) policy: Arc<EgressPolicy>,
     pub(crate) resolver: Resolver,
+    /// `/wisp/lan/NAME/`: the LAN the stream goes into instead of the internet.
+    pub(crate) lan: Option<(LanName, Arc<dyn LanDoor>)>,
     pub(crate) connect_timeout: Duration,
     pub(crate) stats: Arc<WispStats>,
     pub(crate) reports: mpsc::Sender<Report>,
@@ -118,6 +122,10 @@ impl StreamJob {
     /// Resolves the host, keeps the addresses the policy allows and connects to the first
     /// that answers.
     async fn open(&self) -> Result<Socket, CloseReason> {
+        if let Some((lan, door)) = &self.lan {
+            let tcp = super::lan::open(lan, door, self.stream_type, &self.host, self.port);
+            return tcp.await.map(Socket::Tcp);
+        }
         let addrs = self.resolver.resolve(&self.host, self.port).await?;
         let targets = allowed(&self.policy, self.stream_type, &addrs, self.port).map_err(|r| {
             self.stats.denied[r.index()].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
