@@ -535,3 +535,44 @@ async fn a_client_that_does_not_read_stops_the_host_side() {
     eprintln!("stalled after {stalled} bytes; {expected} read in order afterwards");
     relay.shutdown().await;
 }
+
+/// Idle streams hold no share of the session's read budget: with 200 streams open on one
+/// session, each echoing one byte and then idle, every echo arrives. (A read used to be
+/// granted to every open stream in advance, so about 32 idle streams starved the rest.)
+#[tokio::test]
+async fn idle_streams_do_not_starve_the_others() {
+    let mut config = test_config();
+    config.nat.allow = vec!["127.0.0.1/32".to_owned()];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut rd, mut wr) = tcp.split();
+                let _ = tokio::io::copy(&mut rd, &mut wr).await;
+            });
+        }
+    });
+    let relay = start(config).await;
+    let mut ws = wisp_connect(&format!("ws://{}/wisp/", relay.listen_addr), None).await;
+    assert_eq!(next_packet(&mut ws).await[0], 0x03);
+    const STREAMS: u32 = 200;
+    for id in 1..=STREAMS {
+        connect_stream(&mut ws, id, "127.0.0.1", port).await;
+        send_packet(&mut ws, id, Payload::Data(&[id as u8])).await;
+    }
+    let mut echoed = HashSet::new();
+    while echoed.len() < STREAMS as usize {
+        let bytes = next_packet(&mut ws).await;
+        let packet = Packet::parse(&bytes).unwrap();
+        match packet.payload {
+            Payload::Data(data) => {
+                assert_eq!(data, [packet.stream_id.0 as u8]);
+                echoed.insert(packet.stream_id.0);
+            }
+            Payload::Close(reason) => panic!("stream {} closed: {reason:?}", packet.stream_id.0),
+            _ => {}
+        }
+    }
+    relay.shutdown().await;
+}

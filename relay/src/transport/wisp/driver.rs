@@ -344,8 +344,8 @@ impl Driver {
             HostEvent::Opened => {
                 handle.open = true;
                 self.session.handle_stream_opened(id);
-                self.waiting.push_back((id, serial));
             }
+            HostEvent::Readable => self.waiting.push_back((id, serial)),
             HostEvent::Failed(reason) => {
                 self.session.handle_stream_failed(id, reason);
                 self.remove(id);
@@ -360,8 +360,8 @@ impl Driver {
                     }
                     Err(error) => tracing::debug!("wisp: host data dropped: {error}"),
                 }
-                // To the back of the line: every stream gets its turn.
-                self.waiting.push_back((id, serial));
+                // The stream asks again when it is readable again, at the back of the line,
+                // so every stream gets its turn.
             }
             HostEvent::Written { bytes } => {
                 handle.queued -= bytes;

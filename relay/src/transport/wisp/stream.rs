@@ -33,6 +33,10 @@ pub(crate) enum HostEvent {
     Opened,
     /// It never opened: the CLOSE reason for the client.
     Failed(CloseReason),
+    /// The socket has bytes (or EOF) to read: the stream asks for a read grant. Only
+    /// readable streams wait for one, so idle streams hold no share of the session's budget
+    /// (one that did would starve every other stream once 32 sat idle).
+    Readable,
     /// One granted read's bytes.
     Data(Bytes),
     /// One DATA packet of `bytes` was written to the host.
@@ -166,6 +170,11 @@ impl StreamJob {
         };
         let reader = async {
             loop {
+                if rd.readable().await.is_err() || !self.report(HostEvent::Readable).await {
+                    self.report(HostEvent::Closed(CloseReason::NetworkError))
+                        .await;
+                    return;
+                }
                 self.grant.notified().await;
                 let mut buf = BytesMut::with_capacity(TCP_READ_SIZE);
                 let event = match rd.read_buf(&mut buf).await {
@@ -199,6 +208,11 @@ impl StreamJob {
         };
         let reader = async {
             loop {
+                if udp.readable().await.is_err() || !self.report(HostEvent::Readable).await {
+                    self.report(HostEvent::Closed(CloseReason::NetworkError))
+                        .await;
+                    return;
+                }
                 self.grant.notified().await;
                 let mut buf = vec![0u8; UDP_READ_SIZE];
                 let n = loop {
