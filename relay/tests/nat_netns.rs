@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use common::internet::*;
 use common::netns::*;
 use common::vm::*;
-use sha2::{Digest, Sha256};
 
 #[test]
 fn vm_reaches_the_internet_through_nat() {
@@ -27,23 +26,7 @@ fn vm_reaches_the_internet_through_nat() {
     // 100 MB over HTTP, checked end to end.
     let www = scratch.0.join("www");
     std::fs::create_dir_all(&www).unwrap();
-    let mut expected = Sha256::new();
-    {
-        let mut file = std::fs::File::create(www.join("big")).unwrap();
-        let mut block = vec![0u8; 1 << 20];
-        let mut x: u32 = 0x9e37_79b9;
-        for _ in 0..100 {
-            for byte in block.iter_mut() {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                *byte = x as u8;
-            }
-            expected.update(&block);
-            file.write_all(&block).unwrap();
-        }
-    }
-    let expected = format!("{:x}", expected.finalize());
+    let expected = random_file(&www.join("big"), 100, 0x9e37_79b9);
     let www_dir = www.to_str().unwrap().to_owned();
     let _httpd = internet.spawn(&["busybox", "httpd", "-f", "-p", "8080", "-h", &www_dir]);
     wait_listening(&internet.ns, &internet.addr(), 8080);

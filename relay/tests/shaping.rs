@@ -5,13 +5,11 @@
 
 mod common;
 
-use std::io::Write;
 use std::time::Instant;
 
 use common::internet::*;
 use common::netns::*;
 use common::vm::*;
-use sha2::{Digest, Sha256};
 
 /// `TcpRetransSegs` of a namespace's kernel.
 fn retransmissions(ns: &Netns) -> u64 {
@@ -43,23 +41,7 @@ fn a_shaped_vm_downloads_at_its_port_rate_without_a_retransmission_storm() {
     const MB: usize = 20;
     let www = scratch.0.join("www");
     std::fs::create_dir_all(&www).unwrap();
-    let mut expected = Sha256::new();
-    {
-        let mut file = std::fs::File::create(www.join("big")).unwrap();
-        let mut block = vec![0u8; 1 << 20];
-        let mut x: u32 = 0x1234_5678;
-        for _ in 0..MB {
-            for byte in block.iter_mut() {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                *byte = x as u8;
-            }
-            expected.update(&block);
-            file.write_all(&block).unwrap();
-        }
-    }
-    let expected = format!("{:x}", expected.finalize());
+    let expected = random_file(&www.join("big"), MB, 0x1234_5678);
     let www_dir = www.to_str().unwrap().to_owned();
     let _httpd = internet.spawn(&["busybox", "httpd", "-f", "-p", "8080", "-h", &www_dir]);
     wait_listening(&internet.ns, &internet.addr(), 8080);

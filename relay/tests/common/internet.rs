@@ -142,3 +142,25 @@ pub fn relay_and_vm(tag: &str, scratch: &Scratch, extra: &[&str]) -> (Proc, u16,
     assert_eq!(lease.get("router").map(String::as_str), Some("10.0.2.2"));
     (relay, port, metrics_port, ns, tap)
 }
+
+/// Writes `mib` MiB of xorshift bytes (nothing compresses them) to `path` and returns their
+/// sha256 in hex, so a download can be checked end to end.
+pub fn random_file(path: &std::path::Path, mib: usize, seed: u32) -> String {
+    use sha2::Digest;
+    use std::io::Write;
+    let mut expected = sha2::Sha256::new();
+    let mut file = std::fs::File::create(path).unwrap();
+    let mut block = vec![0u8; 1 << 20];
+    let mut x = seed;
+    for _ in 0..mib {
+        for byte in block.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *byte = x as u8;
+        }
+        expected.update(&block);
+        file.write_all(&block).unwrap();
+    }
+    format!("{:x}", expected.finalize())
+}
