@@ -120,7 +120,11 @@ fn policy_refuses_private_and_host_addresses_and_host_loopback_works() {
     let accept = std::thread::spawn(move || {
         for stream in host_server.incoming().flatten() {
             let mut stream = stream;
+            // Read the request before answering: closing a socket with unread
+            // bytes makes the kernel send a RST, which curl reports as exit 56.
+            read_request_head(&mut stream);
             let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nfrom-host-loopback\n");
+            let _ = stream.shutdown(std::net::Shutdown::Write);
         }
     });
     drop(accept);
@@ -417,4 +421,18 @@ fn private_addresses_are_reachable_only_when_allowed() {
     let (code, body) = curl(&vm_ns);
     assert_eq!(code, Some(0));
     assert_eq!(body.trim(), "private-server");
+}
+
+/// Reads until the end of an HTTP request head (or EOF, or 5 s).
+fn read_request_head(stream: &mut std::net::TcpStream) {
+    use std::io::Read;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
 }
