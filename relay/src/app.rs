@@ -247,6 +247,7 @@ impl Relay {
         let reloader = Arc::new(Reloader {
             ctx: ctx.clone(),
             tls,
+            webtransport: webtransport_shared.clone(),
             nat: gateways.nat.clone(),
             directory: gateways.directory.clone(),
             source,
@@ -292,8 +293,15 @@ impl Relay {
 
     /// Reads the config again and applies what can change while sessions live; returns
     /// the keys that need a restart (kept as they were). An invalid file changes nothing.
-    pub fn reload(&self) -> Result<Vec<&'static str>, String> {
-        crate::http::admin::Reload::reload(&*self.reloader).map(|r| r.needs_restart)
+    pub async fn reload(&self) -> Result<Vec<&'static str>, String> {
+        // Reading files blocks; a reload never holds up the runtime's workers.
+        let reloader = self.reloader.clone();
+        match tokio::task::spawn_blocking(move || crate::http::admin::Reload::reload(&*reloader))
+            .await
+        {
+            Ok(report) => report.map(|r| r.needs_restart),
+            Err(_) => Err("the reload task failed".into()),
+        }
     }
 
     /// Stops accepting, closes every client with 1001 and waits for them, at most the

@@ -95,7 +95,7 @@ async fn wait_for_stop(relay: &Relay) -> anyhow::Result<()> {
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => {
                 // The reload logs what it did, and why not when it refuses the file.
-                let _ = relay.reload();
+                let _ = relay.reload().await;
             }
         }
     }

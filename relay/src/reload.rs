@@ -12,6 +12,7 @@ use crate::http::admin::{Reload, ReloadReport};
 use crate::http::tls::TlsCell;
 use crate::nat::NatShared;
 use crate::transport::TransportContext;
+use crate::transport::webtransport::{self, WebTransportShared};
 
 /// Reads the config again (the binary's file and flags); `None` for a relay started from
 /// code without one.
@@ -21,6 +22,7 @@ pub type ConfigSource = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
 pub(crate) struct Reloader {
     pub(crate) ctx: Arc<TransportContext>,
     pub(crate) tls: Option<TlsCell>,
+    pub(crate) webtransport: Arc<WebTransportShared>,
     pub(crate) nat: Option<Arc<NatShared>>,
     pub(crate) directory: Arc<GatewayDirectory>,
     pub(crate) source: Option<ConfigSource>,
@@ -99,7 +101,8 @@ fn keep_nat_restart_only(new: &mut Config, old: &Config, kept: &mut Vec<&'static
 }
 
 impl Reloader {
-    /// Applies `new` (already read); the running config stays when it is invalid.
+    /// Applies `new` (already read); the running config stays when it is invalid. Reads
+    /// certificate files: call it from a blocking thread.
     pub(crate) fn apply(&self, mut new: Config) -> Result<ReloadReport, String> {
         new.validate().map_err(|e| e.to_string())?;
         let old = self.ctx.config();
@@ -107,6 +110,7 @@ impl Reloader {
         self.ctx.admission.reload(&new)?;
         if let (Some(cell), Ok(Some((cert, key)))) = (&self.tls, new.tls.paths()) {
             cell.reload(cert, key)?;
+            webtransport::reload_certificate(&self.ctx, &self.webtransport, cert, key)?;
         }
         if let Some(nat) = &self.nat {
             let mut policy = core_config(&new.nat)?.policy;

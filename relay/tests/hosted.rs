@@ -216,16 +216,16 @@ async fn a_rotated_secret_list_keeps_old_tokens_until_the_old_secret_goes() {
     };
     assert_eq!(joins(new.clone()).await, 401);
     write(&[OTHER_SECRET, SECRET]);
-    assert_eq!(relay.reload().unwrap(), Vec::<&str>::new());
+    assert_eq!(relay.reload().await.unwrap(), Vec::<&str>::new());
     assert_eq!(joins(old.clone()).await, 101, "old secret still listed");
     assert_eq!(joins(new.clone()).await, 101, "new secret listed first");
     write(&[OTHER_SECRET]);
-    relay.reload().unwrap();
+    relay.reload().await.unwrap();
     assert_eq!(joins(old.clone()).await, 401, "old secret removed");
     assert_eq!(joins(new.clone()).await, 101);
     // An invalid file is refused whole; the running config stays.
     std::fs::write(&file, "[auth]\nsecrets = [\"too short\"]\n").unwrap();
-    let refused = relay.reload().unwrap_err();
+    let refused = relay.reload().await.unwrap_err();
     assert!(refused.contains("auth.secrets[0]"), "{refused}");
     assert_eq!(joins(new).await, 101);
     relay.shutdown().await;

@@ -329,6 +329,103 @@ async fn tls_connect(
     connector.connect(name, tcp).await.expect("TLS handshake")
 }
 
+/// A short-lived certificate for localhost (short, so WebTransport may pin it by hash) and
+/// its key, written as PEM to `cert_path` and `key_path`.
+fn write_certificate(
+    cert_path: &std::path::Path,
+    key_path: &std::path::Path,
+) -> rcgen::Certificate {
+    use wtransport::tls::self_signed::time::{Duration as D, OffsetDateTime};
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    params.not_before = OffsetDateTime::now_utc() - D::minutes(1);
+    params.not_after = OffsetDateTime::now_utc() + D::days(10);
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(cert_path, cert.pem()).unwrap();
+    std::fs::write(key_path, key.serialize_pem()).unwrap();
+    cert
+}
+
+fn pin_of(cert: &rcgen::Certificate) -> String {
+    wtransport::tls::Certificate::from_der(cert.der().to_vec())
+        .unwrap()
+        .hash()
+        .fmt(Sha256DigestFmt::DottedHex)
+        .replace(':', "")
+}
+
+#[tokio::test]
+async fn a_reload_serves_renewed_certificate_files_without_dropping_sessions() {
+    let dir = binary::tempdir();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let old = write_certificate(&cert_path, &key_path);
+    let mut config = test_config();
+    config.tls.cert = Some(cert_path.clone());
+    config.tls.key = Some(key_path.clone());
+    let same = config.clone();
+    let relay = Relay::start_with_source(config, Some(Box::new(move || Ok(same.clone()))))
+        .await
+        .expect("relay starts");
+    let port = relay.listen_addr.port();
+    let tls = tls_connect(relay.listen_addr, &old).await;
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("wss://localhost:{port}/lan/renew"), tls)
+            .await
+            .expect("wss upgrade");
+    let mut wt = connect_wt_pinned(&relay, "/lan/renew", &[pin_of(&old)])
+        .await
+        .unwrap();
+
+    // The files are renewed in place (as certbot does), then the relay reloads.
+    let new = write_certificate(&cert_path, &key_path);
+    assert_eq!(relay.reload().await.unwrap(), Vec::<&str>::new());
+
+    // Live sessions on the old certificate still carry frames both ways.
+    wt.send(&frame(BROADCAST, mac(1), 1514, 1)).await;
+    let got = tokio::time::timeout(LONG, futures_util::StreamExt::next(&mut ws))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(tag_of(&got.into_data()), 1);
+    futures_util::SinkExt::send(
+        &mut ws,
+        tokio_tungstenite::tungstenite::Message::binary(frame(mac(1), mac(2), 60, 2)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(tag_of(&wt.recv(LONG).await.unwrap()), 2);
+    // New handshakes get the new certificate on both listeners, and no longer the old.
+    let tls = tls_connect(relay.listen_addr, &new).await;
+    tokio_tungstenite::client_async(format!("wss://localhost:{port}/lan/renew"), tls)
+        .await
+        .expect("wss upgrade with the new certificate");
+    assert!(
+        connect_wt_pinned(&relay, "/lan/renew", &[pin_of(&new)])
+            .await
+            .is_ok()
+    );
+    assert!(
+        connect_wt_pinned(&relay, "/lan/renew", &[pin_of(&old)])
+            .await
+            .is_err()
+    );
+
+    // A broken file is refused whole, and the served certificate stays.
+    std::fs::write(&key_path, "not a key").unwrap();
+    let refused = relay.reload().await.unwrap_err();
+    assert!(refused.contains("--tls-key"), "{refused}");
+    assert!(
+        connect_wt_pinned(&relay, "/lan/renew", &[pin_of(&new)])
+            .await
+            .is_ok()
+    );
+    relay.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn one_real_certificate_serves_https_wss_and_webtransport() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -13,6 +13,7 @@ mod session;
 mod stats;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -24,7 +25,9 @@ use wtransport::{Endpoint, Identity, ServerConfig, VarInt};
 use super::TransportContext;
 use crate::config::WebTransportListen;
 
-pub(crate) use stats::{WebTransportInfo, WebTransportShared, WebTransportStats};
+pub(crate) use stats::{
+    ConfiguredEndpoint, WebTransportInfo, WebTransportShared, WebTransportStats,
+};
 
 /// Self-signed certificates live this long: under Chromium's 14-day limit for hash pinning.
 const CERT_VALIDITY_DAYS: i64 = 13;
@@ -108,15 +111,14 @@ pub(crate) async fn start(
     // A configured certificate is served as it is (a CA-signed one needs no pinning);
     // otherwise a self-signed one, rotated.
     let configured = match app.config().tls.paths() {
-        Ok(Some((cert, key))) => Some(Identity::load_pemfiles(cert, key).await.map_err(|e| {
-            WebTransportStartError::Certificate(format!(
-                "WebTransport cannot use --tls-cert {} / --tls-key {}: {e}",
-                cert.display(),
-                key.display()
-            ))
-        })?),
+        Ok(Some((cert, key))) => Some(
+            load_identity(cert, key)
+                .await
+                .map_err(WebTransportStartError::Certificate)?,
+        ),
         _ => None,
     };
+    let is_configured = configured.is_some();
     let (current, next, hashes) = match configured {
         Some(identity) => (identity, None, Vec::new()),
         None => {
@@ -133,6 +135,12 @@ pub(crate) async fn start(
         hashes: RwLock::new(hashes),
     });
     let endpoint = Arc::new(endpoint);
+    if is_configured {
+        let _ = shared.configured.set(ConfiguredEndpoint {
+            endpoint: endpoint.clone(),
+            addr: local,
+        });
+    }
     if let Some(next) = next {
         servers.spawn(rotate_certificates(
             app.clone(),
@@ -144,6 +152,36 @@ pub(crate) async fn start(
     }
     servers.spawn(accept_loop(app.clone(), shared.stats.clone(), endpoint));
     Ok(Some(local))
+}
+
+async fn load_identity(cert: &Path, key: &Path) -> Result<Identity, String> {
+    Identity::load_pemfiles(cert, key).await.map_err(|e| {
+        format!(
+            "WebTransport cannot use --tls-cert {} / --tls-key {}: {e}",
+            cert.display(),
+            key.display()
+        )
+    })
+}
+
+/// Serves the configured certificate read again from its files (a reload after the files
+/// were renewed): new handshakes get it, live sessions keep their keys. Does nothing when
+/// the listener serves a self-signed certificate. Blocks: call it from a blocking thread.
+pub(crate) fn reload_certificate(
+    app: &TransportContext,
+    shared: &WebTransportShared,
+    cert: &Path,
+    key: &Path,
+) -> Result<(), String> {
+    let Some(configured) = shared.configured.get() else {
+        return Ok(());
+    };
+    // Reading the files is async in wtransport; the caller is on a blocking thread.
+    let identity = tokio::runtime::Handle::current().block_on(load_identity(cert, key))?;
+    configured
+        .endpoint
+        .reload_config(server_config(app, configured.addr, identity), false)
+        .map_err(|e| format!("WebTransport could not take the new certificate: {e}"))
 }
 
 async fn rotate_certificates(

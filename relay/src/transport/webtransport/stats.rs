@@ -29,6 +29,23 @@ pub(crate) struct WebTransportShared {
     pub(crate) stats: Arc<WebTransportStats>,
     /// Set once the listener runs.
     pub(crate) info: std::sync::OnceLock<WebTransportInfo>,
+    /// Set when the listener serves the configured certificate (`--tls-cert`), which a
+    /// reload swaps; a self-signed one rotates on its own.
+    pub(crate) configured: std::sync::OnceLock<ConfiguredEndpoint>,
+}
+
+/// The listener a reload gives a new configured certificate to.
+pub(crate) struct ConfiguredEndpoint {
+    pub(crate) endpoint: Arc<wtransport::Endpoint<wtransport::endpoint::endpoint_side::Server>>,
+    pub(crate) addr: SocketAddr,
+}
+
+impl std::fmt::Debug for ConfiguredEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfiguredEndpoint")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
