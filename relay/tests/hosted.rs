@@ -649,3 +649,51 @@ async fn private_default_lans_keep_strangers_apart_and_find_a_reconnecting_vm() 
     );
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_token_holds_at_most_its_max_ports_sessions_at_once() {
+    let relay = start(auth_config()).await;
+    let addr = relay.listen_addr;
+    let mut claims = Claims::new("ports", now_unix(), Duration::from_secs(600));
+    claims.max_ports = Some(2);
+    let limited = mint_hs256(SECRET.as_bytes(), &claims);
+    let path = format!("/lan/ports?token={limited}");
+    let (first, _, a) = upgrade(LOCAL, addr, &path, &[]).await;
+    let (second, _, b) = upgrade(LOCAL2, addr, &path, &[]).await;
+    assert_eq!((first, second), (101, 101));
+    // A third copy of the same token is refused before the upgrade, from any address.
+    let (third, body, _) = upgrade(LOCAL, addr, &path, &[]).await;
+    assert_eq!(third, 429, "{body}");
+    assert!(body.contains("max_ports"), "{body}");
+    assert_eq!(
+        metric(
+            &scrape(&relay).await,
+            "v86_relay_joins_refused_total{reason=\"token_ports\"}"
+        ),
+        1
+    );
+    // Another token of the same LAN is not affected.
+    let other = token(SECRET, "ports", None, now_unix() + 600);
+    assert_eq!(
+        upgrade(LOCAL, addr, &format!("/lan/ports?token={other}"), &[])
+            .await
+            .0,
+        101
+    );
+    // A session that ends gives its slot back.
+    drop(a);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _, _) = upgrade(LOCAL, addr, &path, &[]).await;
+        if status == 101 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(b);
+    relay.shutdown().await;
+}

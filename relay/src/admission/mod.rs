@@ -11,6 +11,8 @@
 
 mod audit;
 
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
@@ -40,6 +42,8 @@ labels::label_enum! {
         IpRate => "ip_rate",
         IpLans => "ip_lans",
         IpTableFull => "ip_table_full",
+        /// The token's `max_ports` claim: that many sessions hold it already.
+        TokenPorts => "token_ports",
         /// A request head that did not arrive in time (slowloris).
         HeadTimeout => "head_timeout",
         /// A request head over the size limit (431).
@@ -104,6 +108,11 @@ struct Policy {
 pub(crate) struct Admission {
     policy: RwLock<Arc<Policy>>,
     limiter: Mutex<IpLimiter>,
+    /// Open sessions per token that carries `max_ports`, keyed by a keyed hash of its
+    /// signature; an entry lives only while such a session does, so the table is bounded by
+    /// the connection limits.
+    token_ports: Mutex<HashMap<u64, u32>>,
+    token_hasher: RandomState,
     refusals: [AtomicU64; RefusalReason::COUNT],
 }
 
@@ -141,6 +150,8 @@ impl Admission {
         Ok(Arc::new(Self {
             policy: RwLock::new(Arc::new(policy(config)?)),
             limiter: Mutex::new(limiter(config)),
+            token_ports: Mutex::new(HashMap::new()),
+            token_hasher: RandomState::new(),
             refusals: Default::default(),
         }))
     }
@@ -224,14 +235,68 @@ impl Admission {
                 }
             }
         };
+        let token_slot = match (&claims, request.token) {
+            (
+                Some(Claims {
+                    max_ports: Some(max),
+                    ..
+                }),
+                Some(token),
+            ) => match self.take_token_port(token, *max) {
+                Ok(slot) => Some(slot),
+                Err(refused) => {
+                    self.lock_limiter().release(permit, now);
+                    return Err(refused);
+                }
+            },
+            _ => None,
+        };
         Ok(Admitted {
             admission: self.clone(),
             permit: Some(permit),
+            token_slot,
             client_ip,
             claims,
             transport: request.transport,
             reserved_lan: Mutex::new(None),
         })
+    }
+
+    /// Takes one of the token's `max_ports` sessions; the key is the token's signature, so
+    /// every copy of one token counts together.
+    fn take_token_port(&self, token: &str, max: u32) -> Result<u64, Refused> {
+        let signature = token.rsplit('.').next().unwrap_or(token);
+        let key = self.token_hasher.hash_one(signature);
+        let mut table = self
+            .token_ports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let open = table.entry(key).or_insert(0);
+        if *open >= max {
+            let message = format!(
+                "this token allows {max} machine(s) at once and all are in use: close one, or ask for a token with a larger max_ports"
+            );
+            if *open == 0 {
+                table.remove(&key);
+            }
+            drop(table);
+            return Err(self.refuse(429, RefusalReason::TokenPorts, message));
+        }
+        *open += 1;
+        Ok(key)
+    }
+
+    fn release_token_port(&self, key: u64) {
+        let mut table = self
+            .token_ports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(open) = table.get_mut(&key) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                table.remove(&key);
+            }
+        }
     }
 
     /// Checks a token shown to the admin API for LAN `lan`: signed by a key of `[auth]`,
@@ -294,6 +359,8 @@ impl Admission {
 pub(crate) struct Admitted {
     admission: Arc<Admission>,
     permit: Option<Permit>,
+    /// One of the token's `max_ports` sessions, when it has that claim.
+    token_slot: Option<u64>,
     pub(crate) client_ip: IpAddr,
     pub(crate) claims: Option<Claims>,
     pub(crate) transport: Transport,
@@ -366,6 +433,9 @@ impl Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
+        if let Some(key) = self.token_slot.take() {
+            self.admission.release_token_port(key);
+        }
         if let Some(permit) = self.permit.take() {
             self.admission
                 .lock_limiter()
