@@ -436,3 +436,117 @@ fn read_request_head(stream: &mut std::net::TcpStream) {
         }
     }
 }
+
+/// The local port of the one TCP connection process `pid` holds to 127.0.0.1:`port`.
+fn local_port_of(pid: u32, port: u16) -> Option<u16> {
+    let out = run(&[
+        "ss",
+        "-tnpH",
+        "state",
+        "established",
+        "dst",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|line| line.contains(&format!("pid={pid},")))
+        .and_then(|line| line.split_whitespace().nth(2))
+        .and_then(|local| local.rsplit(':').next()?.parse().ok())
+}
+
+#[test]
+fn private_default_lans_isolate_vms_that_reach_the_internet_and_keep_a_reconnecting_vm() {
+    if !root_or_skip("private_default_lans_isolate_vms") {
+        return;
+    }
+    let scratch = Scratch::new("priv");
+    let internet = Internet::new("pvinet", 70);
+    let config = scratch.0.join("relay.toml");
+    std::fs::write(&config, "[server]\ndefault_lan = \"private\"\n").unwrap();
+    let metrics_port = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let (_relay, port) = start_relay(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--metrics-listen",
+        &metrics_addr,
+    ]);
+    // Two strangers join ws://HOST/: each gets a LAN of its own with its first address.
+    let (a, b) = (vm("pva"), vm("pvb"));
+    let tap_a = attach_tap_path(port, "/", &a);
+    let _tap_b = attach_tap_path(port, "/", &b);
+    let lease_a = udhcpc(&a, &scratch.0, Some("pva"), &[]);
+    let lease_b = udhcpc(&b, &scratch.0, Some("pvb"), &[]);
+    assert_eq!(
+        lease_a.get("ip"),
+        lease_b.get("ip"),
+        "two LANs, each its first address"
+    );
+    assert_eq!(sample(&metrics(metrics_port), "v86_relay_lans"), 2);
+    // b also answers on a second address of the subnet; a cannot reach it.
+    b.ip(&["addr", "add", "10.0.2.200/24", "dev", "tap0"]);
+    assert!(
+        !a.ping_ok("10.0.2.200", Duration::from_secs(2)),
+        "a reached b"
+    );
+
+    // Both reach the internet; a downloads slowly while its socket is cut and re-made.
+    let www = scratch.0.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let expected = random_file(&www.join("big"), 8, 0x5eed_0070);
+    let www_dir = www.to_str().unwrap().to_owned();
+    let _httpd = internet.spawn(&["busybox", "httpd", "-f", "-p", "8080", "-h", &www_dir]);
+    wait_listening(&internet.ns, &internet.addr(), 8080);
+    let url = format!("http://{}:8080/big", internet.addr());
+    let out = b.exec(&[
+        "sh",
+        "-c",
+        &format!("curl -sS --max-time 30 {url} | sha256sum"),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with(&expected),
+        "b's download"
+    );
+    let name = a.name.clone();
+    let download = std::thread::spawn(move || {
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &name,
+            "sh",
+            "-c",
+            &format!("curl -sS --limit-rate 1M --max-time 60 {url} | sha256sum"),
+        ])
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!download.is_finished(), "the download ended before the cut");
+    let local = local_port_of(tap_a.0.id(), port).expect("a's WebSocket connection");
+    must(&[
+        "ss",
+        "-K",
+        "src",
+        &format!("127.0.0.1:{local}"),
+        "dst",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    // The tap joins again as a new socket (new source port) and finds a's LAN by its MAC.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while local_port_of(tap_a.0.id(), port).is_none_or(|now| now == local) {
+        assert!(Instant::now() < deadline, "a never reconnected");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = download.join().unwrap();
+    let got = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        got.starts_with(&expected),
+        "a's download across the reconnect: {got} (want {expected}); curl said {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(a.ping_ok(&internet.addr(), Duration::from_secs(5)));
+    assert_eq!(
+        sample(&metrics(metrics_port), "v86_relay_lans"),
+        2,
+        "no third LAN"
+    );
+}

@@ -157,7 +157,12 @@ pub fn start_relay(extra: &[&str]) -> (Proc, u16) {
 
 /// `v86-relay tap` attaching `ns`'s tap0 to LAN `lan`.
 pub fn attach_tap(port: u16, lan: &str, ns: &Netns) -> Proc {
-    let url = format!("ws://127.0.0.1:{port}/lan/{lan}");
+    attach_tap_path(port, &format!("/lan/{lan}"), ns)
+}
+
+/// `v86-relay tap` attaching `ns`'s tap0 to the join URL path `path` (`/` is the default LAN).
+pub fn attach_tap_path(port: u16, path: &str, ns: &Netns) -> Proc {
+    let url = format!("ws://127.0.0.1:{port}{path}");
     let child = Command::new(relay_bin())
         .args(["tap", "--url", &url, "--dev", "tap0", "--netns", &ns.name])
         .stdout(Stdio::null())
