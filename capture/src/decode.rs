@@ -235,12 +235,7 @@ impl Decoder {
         Some((Kind::Arp, None, summary))
     }
 
-    fn ipv4(
-        &mut self,
-        ip: &[u8],
-        src_mac: &[u8; 6],
-        dst_mac: &[u8; 6],
-    ) -> Option<Part> {
+    fn ipv4(&mut self, ip: &[u8], src_mac: &[u8; 6], dst_mac: &[u8; 6]) -> Option<Part> {
         let h = Bytes(ip);
         let version_ihl = h.u8(0)?;
         let header = usize::from(version_ihl & 0x0f) * 4;

@@ -1,7 +1,7 @@
 //! The real v86 emulator against the relay: the guest from vendor/v86/build-guest.sh booted
 //! in Node (tests/js/guest-node.mjs), the same guest on v86's in-page backends (Wisp, and
 //! fetch through the relay's CORS proxy: tests/js/guest-wisp.mjs), and the demo page in
-//! headless Chromium (tests/js/demo-chromium.mjs). Without node, the guest build or the npm packages these
+//! headless Chromium (tests/js/demo-chromium.mjs, with the Packets panel). Without node, the guest build or the npm packages these
 //! tests skip with a message, unless V86_RELAY_REQUIRE_BROWSER=1 (set by .ci/run).
 
 mod common;
@@ -225,6 +225,16 @@ fn demo_page_in_chromium_two_tabs_ping_each_other() {
     let out = run_node("demo-chromium.mjs", &env, Duration::from_secs(600));
     assert!(out.contains("DEMO-CHROMIUM OK"), "{out}");
     assert!(repo().join("test-artifacts/demo-chromium.png").exists());
+    // The Packets panel's screenshot and its pcapng download, which tshark reads.
+    assert!(repo().join("test-artifacts/demo-packets.png").exists());
+    let pcapng = repo().join("test-artifacts/demo-packets.pcapng");
+    if let Ok(out) = Command::new("tshark")
+        .args(["-r", pcapng.to_str().unwrap(), "-Y", "icmp.type == 8"])
+        .output()
+    {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.lines().count() > 0, "{text}");
+    }
 }
 
 /// The page and its files are served from the checkout; a WebSocket on / still joins

@@ -9,6 +9,7 @@ pub(crate) mod demo;
 pub(crate) mod doh;
 pub(crate) mod metrics;
 pub(crate) mod net_info;
+mod packets;
 mod pcap;
 pub(crate) mod serve;
 pub(crate) mod tls;
@@ -65,6 +66,7 @@ pub(crate) fn client_router(app: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(demo::router(&app))
         .route("/net/info", get(net_info::handler))
+        .route("/net/packets", get(packets::handler))
         .route("/dns-query", get(doh::get).post(doh::post))
         .route("/cors/{*target}", any(cors::handle))
         .with_state(app)
