@@ -480,3 +480,73 @@ fn a_stalled_capture_leaves_the_lan_its_throughput() {
         "with a stalled capture {with:.0} Mbit/s, without {without:.0} Mbit/s"
     );
 }
+
+/// A teacher's settings for a LAN (`PUT /admin/lans/NAME/settings`) and the MTU a first join
+/// asks for (`/lan/NAME?mtu=65520`) reach the LAN's DHCP leases when it starts, and
+/// `/admin/lans` shows what each LAN runs with.
+#[test]
+fn lan_settings_and_a_first_joins_mtu_reach_the_leases() {
+    if !root_or_skip("lan_settings_and_a_first_joins_mtu_reach_the_leases") {
+        return;
+    }
+    let _alone = one_at_a_time();
+    let scratch = Scratch::new("clsset");
+    let metrics = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics}");
+    let (_relay, port) = start_relay(&["--metrics-listen", &metrics_addr, "--admin-token", ADMIN]);
+    wait_admin(metrics);
+    let settings = r#"{"mtu": 9000, "domain_suffix": "school", "pool_start": "10.0.2.100"}"#;
+    let (status, body) = api(
+        metrics,
+        "PUT",
+        "/admin/lans/set1/settings",
+        ADMIN,
+        Some(settings),
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["next_start"]["mtu"], 9000, "{body}");
+    assert_eq!(answer["live"], false, "{body}");
+    for bad in [
+        r#"{"mtu": 100}"#,
+        r#"{"port_rate": "1Mbit"}"#,
+        r#"{"subnet": "x"}"#,
+        "[1]",
+    ] {
+        let (status, body) = api(
+            metrics,
+            "PUT",
+            "/admin/lans/set1/settings",
+            ADMIN,
+            Some(bad),
+        );
+        assert!(status == 400 || status == 422, "{bad}: {status} {body}");
+    }
+
+    let a = vm("clsma");
+    let _tap_a = attach_tap(port, "set1", &a);
+    let lease = udhcpc(&a, &scratch.0, Some("pc1"), &["-O", "mtu"]);
+    assert_eq!(lease["mtu"], "9000", "{lease:?}");
+    assert_eq!(lease["domain"], "set1.school", "{lease:?}");
+    assert_eq!(lease["ip"], "10.0.2.100", "{lease:?}");
+
+    // The join that creates LAN jumbo asks for virtio's large MTU.
+    let b = vm("clsmb");
+    let _tap_b = attach_tap(port, "jumbo?mtu=65520", &b);
+    let lease = udhcpc(&b, &scratch.0, Some("pc2"), &["-O", "mtu"]);
+    assert_eq!(lease["mtu"], "65520", "{lease:?}");
+    let (_, lans) = api(metrics, "GET", "/admin/lans", ADMIN, None);
+    let lans: serde_json::Value = serde_json::from_str(&lans).unwrap();
+    let mtu_of = |name: &str| {
+        lans["lans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == name)
+            .map(|l| l["network"]["mtu"].clone())
+    };
+    assert_eq!(mtu_of("jumbo"), Some(65520.into()), "{lans}");
+    assert_eq!(mtu_of("set1"), Some(9000.into()), "{lans}");
+    let (_, set1) = api(metrics, "GET", "/admin/lans/set1/settings", ADMIN, None);
+    assert!(set1.contains("\"domain_suffix\":\"school\""), "{set1}");
+}

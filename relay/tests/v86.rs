@@ -385,3 +385,53 @@ fn guest_over_fetch_uses_the_cors_proxy() {
     let out = run_node("guest-wisp.mjs", &env, Duration::from_secs(600));
     assert!(out.contains("GUEST-WISP OK"), "{out}");
 }
+
+/// The guest-speed figure of docs/benchmarks.md: the guest in v86 (Node, virtio) downloads
+/// 32 MiB from an "internet" namespace through the relay's NAT on a LAN of MTU 1500 and on
+/// one of MTU 65520 (chosen by its first join, `?mtu=65520`), three times each, in the same
+/// run. A benchmark, not in CI:
+/// `cargo test -p relay --test v86 guest_download_speed -- --ignored --nocapture` (root).
+#[test]
+#[ignore = "benchmark: about two minutes; run by hand (see docs/benchmarks.md)"]
+fn guest_download_speed_at_mtu_1500_and_65520() {
+    if !ready_or_skip("guest_download_speed_at_mtu_1500_and_65520", false)
+        || !root_or_skip("guest_download_speed_at_mtu_1500_and_65520")
+    {
+        return;
+    }
+    let internet = common::internet::Internet::new("gspd", 58);
+    let dir = common::vm::Scratch::new("gspd");
+    let mib = 32;
+    common::internet::random_file(&dir.0.join("big.bin"), mib, 7);
+    let _httpd = internet.spawn(&[
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        dir.0.to_str().unwrap(),
+    ]);
+    common::internet::wait_listening(&internet.ns, &internet.addr(), 80);
+    let (_relay, port) = start_relay(&[]);
+    let url = format!("http://{}/big.bin", internet.addr());
+    let mut figures = Vec::new();
+    for mtu in ["1500", "65520"] {
+        let env = [
+            ("V86_RELAY_ADDR", format!("127.0.0.1:{port}")),
+            ("V86_RELAY_LAN", format!("speed-{mtu}")),
+            ("MTU", mtu.to_owned()),
+            ("URL", url.clone()),
+            ("BYTES", (mib << 20).to_string()),
+            ("RUNS", "3".to_owned()),
+        ];
+        let out = run_node("guest-speed.mjs", &env, Duration::from_secs(400));
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("GUEST-SPEED mtu="))
+            .unwrap_or_else(|| panic!("{out}"))
+            .to_owned();
+        figures.push(line);
+    }
+    eprintln!("{}", figures.join("\n"));
+}

@@ -26,6 +26,7 @@ use axum::routing::{any, get};
 
 use crate::admission::JoinRequest;
 use crate::config::DefaultLan;
+use crate::gateway_port::commands::GatewayDirectory;
 use crate::gateway_port::leases::LeaseStore;
 use crate::gateway_port::upstream::Upstream;
 use crate::shared::{Transport, lan_from_path};
@@ -54,6 +55,8 @@ pub(crate) struct AppState {
     pub(crate) wisp: Arc<WispShared>,
     /// The upstream resolver, for DNS over HTTPS.
     pub(crate) upstream: Upstream,
+    /// The gateways' directory: a first join's `?mtu=` goes to its LAN settings.
+    pub(crate) directory: Arc<GatewayDirectory>,
 }
 
 /// Everything on `--listen`.
@@ -120,6 +123,20 @@ async fn join(
         transport: Transport::WebSocket,
     };
     let private = is_root && app.ctx.config().server.default_lan == DefaultLan::Private;
+    // `?mtu=65520`: the MTU of a LAN this join creates (virtio guests; ne2k takes 1500).
+    if let Some(mtu) = query_param(uri.query(), "mtu") {
+        let Ok(mtu) = mtu.parse::<u16>() else {
+            return bad_request(format!("?mtu={mtu} is not a number; use 1500 or 65520"));
+        };
+        let config = app.ctx.config();
+        let settings = &app.directory.settings;
+        match settings.check_mtu(&config, mtu) {
+            Err(problem) => return bad_request(problem),
+            // Only a join that creates the LAN chooses; later ones take what it has.
+            Ok(()) if !private && !app.ctx.lans.exists(&lan) => settings.offer_join_mtu(&lan, mtu),
+            Ok(()) => {}
+        }
+    }
     let target = match private {
         true => websocket::Target::Private,
         false => websocket::Target::Lan(lan.clone()),
