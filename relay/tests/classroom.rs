@@ -365,6 +365,15 @@ fn a_teacher_captures_and_controls_a_classroom_lan() {
     assert_eq!(status, 200, "{body}");
     let (_, lans) = api(metrics, "GET", "/admin/lans", ADMIN, None);
     assert!(lans.contains("\"internet\":false"), "{lans}");
+    // A capture of the refused connect shows the gateway's RST to the SYN.
+    let refused = scratch.0.join("refused.pcapng");
+    let reader = capture_raw(
+        metrics,
+        "secs=5&frames=2&filter=tcp%20port%208080",
+        Duration::ZERO,
+        &refused,
+    );
+    std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     let out = vm_a.exec(&["curl", "-sS", "--max-time", "10", &page]);
     assert_eq!(
@@ -376,6 +385,12 @@ fn a_teacher_captures_and_controls_a_classroom_lan() {
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "refused at once, not timed out"
+    );
+    reader.join().unwrap();
+    assert!(
+        tshark_count(&refused, "tcp.flags.reset == 1 && tcp.srcport == 8080") > 0,
+        "the refusal is a RST: {:?}",
+        tshark_fields(&refused, "tcp.flags.str")
     );
     assert!(
         vm_a.ping_ok(&ip_b, Duration::from_secs(5)),

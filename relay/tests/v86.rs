@@ -390,7 +390,8 @@ fn guest_over_fetch_uses_the_cors_proxy() {
 /// 32 MiB from an "internet" namespace through the relay's NAT on a LAN of MTU 1500 and on
 /// one of MTU 65520 (chosen by its first join, `?mtu=65520`), three times each, in the same
 /// run. A benchmark, not in CI:
-/// `cargo test -p relay --test v86 guest_download_speed -- --ignored --nocapture` (root).
+/// `cargo test -p relay --test v86 guest_download_speed -- --ignored --nocapture` (root;
+/// `V86_RELAY_BENCH_BIN=target/release/v86-relay` measures a release build of the relay).
 #[test]
 #[ignore = "benchmark: about two minutes; run by hand (see docs/benchmarks.md)"]
 fn guest_download_speed_at_mtu_1500_and_65520() {
@@ -413,7 +414,26 @@ fn guest_download_speed_at_mtu_1500_and_65520() {
         dir.0.to_str().unwrap(),
     ]);
     common::internet::wait_listening(&internet.ns, &internet.addr(), 80);
-    let (_relay, port) = start_relay(&[]);
+    // V86_RELAY_BENCH_BIN: another build of the relay (e.g. target/release/v86-relay).
+    let (_relay, port) = match std::env::var("V86_RELAY_BENCH_BIN") {
+        Ok(bin) => {
+            let port = common::netns::free_port();
+            let listen = format!("127.0.0.1:{port}");
+            let child = Command::new(&bin)
+                .args(["--listen", &listen, "--metrics-listen", "off"])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{bin}: {e}"));
+            let relay = Proc(child);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(&listen).is_err() {
+                assert!(Instant::now() < deadline, "{bin} did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (relay, port)
+        }
+        Err(_) => start_relay(&[]),
+    };
     let url = format!("http://{}/big.bin", internet.addr());
     let mut figures = Vec::new();
     for mtu in ["1500", "65520"] {
