@@ -429,16 +429,6 @@ fn a_teacher_captures_and_controls_a_classroom_lan() {
     assert_eq!(json["closed_ports"], 2, "{body}");
 }
 
-/// iperf3 from `client` to `server_ip` for 3 s; received Mbit/s.
-fn iperf_mbits(client: &Netns, server_ip: &str) -> f64 {
-    let out = client.exec(&["iperf3", "-c", server_ip, "-t", "3", "-J"]);
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    json["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("iperf3: {}", String::from_utf8_lossy(&out.stdout)))
-        / 1e6
-}
-
 /// A capture whose reader stalls costs the LAN nothing: two namespaces' iperf3 throughput
 /// with a stalled capture running is within 10 % of the same without one, measured in turns
 /// in the same test (best of up to three turns each, since the machine is shared), and the
@@ -472,11 +462,11 @@ fn a_stalled_capture_leaves_the_lan_its_throughput() {
 
     let (mut without, mut with, mut dropped) = (0f64, 0f64, 0u64);
     for turn in 0..3 {
-        without = without.max(iperf_mbits(&client, "10.0.2.61"));
+        without = without.max(iperf3_mbits(&client, "10.0.2.61", 3));
         let file = scratch.0.join(format!("stalled-{turn}.pcapng"));
         let reader = capture_raw(metrics, "secs=5", Duration::from_millis(4500), &file);
         std::thread::sleep(Duration::from_millis(300));
-        with = with.max(iperf_mbits(&client, "10.0.2.61"));
+        with = with.max(iperf3_mbits(&client, "10.0.2.61", 3));
         reader.join().unwrap();
         dropped += tshark_fields(&file, "frame.drop_count")
             .iter()

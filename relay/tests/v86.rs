@@ -415,25 +415,9 @@ fn guest_download_speed_at_mtu_1500_and_65520() {
     ]);
     common::internet::wait_listening(&internet.ns, &internet.addr(), 80);
     // V86_RELAY_BENCH_BIN: another build of the relay (e.g. target/release/v86-relay).
-    let (_relay, port) = match std::env::var("V86_RELAY_BENCH_BIN") {
-        Ok(bin) => {
-            let port = common::netns::free_port();
-            let listen = format!("127.0.0.1:{port}");
-            let child = Command::new(&bin)
-                .args(["--listen", &listen, "--metrics-listen", "off"])
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("{bin}: {e}"));
-            let relay = Proc(child);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while std::net::TcpStream::connect(&listen).is_err() {
-                assert!(Instant::now() < deadline, "{bin} did not start");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            (relay, port)
-        }
-        Err(_) => start_relay(&[]),
-    };
+    let bin = std::env::var("V86_RELAY_BENCH_BIN").ok();
+    let (_relay, port) =
+        common::netns::start_relay_bin(bin.as_deref().unwrap_or(common::netns::relay_bin()), &[]);
     let url = format!("http://{}/big.bin", internet.addr());
     let mut figures = Vec::new();
     for mtu in ["1500", "65520"] {
