@@ -23,6 +23,7 @@ sessionStorage.setItem("v86-mac", mac);
 $("lan").value = LAN_RE.test(params.get("lan") || "") ? params.get("lan") : `lan-${randomHex(2).join("")}`;
 $("host").value = params.get("host") || sessionStorage.getItem("v86-host") || `vm-${randomHex(2).join("")}`;
 if (params.get("transport")) $("transport").value = params.get("transport");
+if (params.get("mtu") === "65520") $("mtu").value = "65520";
 
 function status(text) {
   $("status").textContent = text;
@@ -84,8 +85,10 @@ async function guestVersion() {
   return heads.map((r) => `${r.headers.get("last-modified")}/${r.headers.get("content-length")}`).join("|");
 }
 const stateKey = guestVersion().then((v) => `guest:${v}`);
+// A state saved with one NIC MTU is not restored into another.
+const mtuSuffix = () => ($("mtu").value === "1500" ? "" : `:mtu${$("mtu").value}`);
 async function loadState() {
-  const key = await stateKey;
+  const key = (await stateKey) + mtuSuffix();
   return idb("readonly", (s) => s.get(key)).catch(() => undefined);
 }
 
@@ -93,14 +96,14 @@ async function saveState() {
   if (!demo.emulator) return;
   const t = performance.now();
   const state = await demo.emulator.save_state();
-  const key = await stateKey;
+  const key = (await stateKey) + mtuSuffix();
   await idb("readwrite", (s) => s.put(state, key));
   demo.saved = true;
   status(`Saved the VM state (${(state.byteLength / 1048576).toFixed(0)} MiB, ${Math.round(performance.now() - t)} ms): the next boot in any tab of this browser restores it.`);
 }
 $("save").addEventListener("click", () => saveState().catch((e) => status(`Saving failed: ${e}`)));
 $("forget").addEventListener("click", async () => {
-  const key = await stateKey;
+  const key = (await stateKey) + mtuSuffix();
   await idb("readwrite", (s) => s.delete(key)).catch(() => {});
   status("Forgot the saved state: the next boot starts Linux from scratch.");
 });
@@ -122,7 +125,11 @@ const joinToken = new URLSearchParams(location.search).get("token");
 
 function wsUrl() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const query = joinToken ? `?token=${encodeURIComponent(joinToken)}` : "";
+  const q = new URLSearchParams();
+  if (joinToken) q.set("token", joinToken);
+  // The MTU a LAN gets when this join creates it (a LAN that exists keeps its own).
+  if ($("mtu").value !== "1500") q.set("mtu", $("mtu").value);
+  const query = q.size ? `?${q}` : "";
   return `${scheme}//${location.host}/lan/${lanName()}${query}`;
 }
 
@@ -133,7 +140,7 @@ $("controls").addEventListener("submit", async (ev) => {
   syncUrl();
   const host = $("host").value;
   sessionStorage.setItem("v86-host", host);
-  for (const id of ["boot", "lan", "host", "transport"]) $(id).disabled = true;
+  for (const id of ["boot", "lan", "host", "transport", "mtu"]) $(id).disabled = true;
   const transport = $("transport").value;
   const viaClient = transport !== "websocket" && relayClient;
   const state = await loadState();
@@ -153,7 +160,9 @@ $("controls").addEventListener("submit", async (ev) => {
     initial_state: state ? { buffer: state } : undefined,
     screen_container: $("screen"),
     serial_console: { type: "xtermjs", container: $("serial"), xterm_lib: Terminal },
-    net_device: viaClient ? { type: "virtio" } : { type: "virtio", relay_url: wsUrl() },
+    net_device: viaClient
+      ? { type: "virtio", mtu: Number($("mtu").value) }
+      : { type: "virtio", relay_url: wsUrl(), mtu: Number($("mtu").value) },
     autostart: true,
   });
   demo.emulator = emulator;

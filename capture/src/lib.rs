@@ -11,6 +11,9 @@
 //!   [`Pcapng::statistics`]`(out, now_us, drops)` (one Interface Statistics Block per
 //!   interface at the end).
 //! - [`filter`]: [`Filter::parse`]`("udp port 53")`, [`Filter::matches`]`(frame)`.
+//! - [`decode`]: [`Decoder::decode`]`(frame) -> Line`, one line a person reads
+//!   (`vm-a -> vm-b  ICMP echo request id=3 seq=1`), naming machines by what it was told
+//!   ([`Decoder::name_mac`], [`Decoder::name_ip`]) and what it learns from DHCP and ARP.
 //!
 //! # Example
 //! ```
@@ -31,8 +34,10 @@
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
+pub mod decode;
 pub mod filter;
 pub mod pcapng;
 
+pub use decode::{Decoder, Kind, Line};
 pub use filter::{Filter, FilterError};
 pub use pcapng::Pcapng;

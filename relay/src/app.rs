@@ -242,6 +242,7 @@ impl Relay {
             listen_addr,
             wisp: wisp.clone(),
             upstream: gateways.upstream.clone(),
+            directory: gateways.directory.clone(),
         });
         serve_clients(&servers, listener, tls.clone(), app.clone());
         let reloader = Arc::new(Reloader {

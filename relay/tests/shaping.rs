@@ -74,16 +74,6 @@ fn a_shaped_vm_downloads_at_its_port_rate_without_a_retransmission_storm() {
     );
 }
 
-/// iperf3 from `client` to `server_ip` for 3 s; received Mbit/s.
-fn iperf(client: &Netns, server_ip: &str) -> f64 {
-    let out = client.exec(&["iperf3", "-c", server_ip, "-t", "3", "-J"]);
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    json["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("iperf3: {}", String::from_utf8_lossy(&out.stdout)))
-        / 1e6
-}
-
 #[test]
 fn a_broadcast_flood_leaves_a_neighbouring_pair_its_rate() {
     if !root_or_skip("a_broadcast_flood_leaves_a_neighbouring_pair_its_rate") {
@@ -114,7 +104,7 @@ fn a_broadcast_flood_leaves_a_neighbouring_pair_its_rate() {
             .expect("start iperf3"),
     );
     wait_listening(&server, &server_ip, 5201);
-    let quiet = iperf(&client, &server_ip);
+    let quiet = iperf3_mbits(&client, &server_ip, 3);
 
     // A third machine floods the LAN with full-size broadcast frames as fast as it can.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -147,7 +137,7 @@ fn a_broadcast_flood_leaves_a_neighbouring_pair_its_rate() {
         })
     });
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let flooded = iperf(&client, &server_ip);
+    let flooded = iperf3_mbits(&client, &server_ip, 3);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = flooder.join().unwrap();
     let shaped = sample(

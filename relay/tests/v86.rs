@@ -1,7 +1,7 @@
 //! The real v86 emulator against the relay: the guest from vendor/v86/build-guest.sh booted
 //! in Node (tests/js/guest-node.mjs), the same guest on v86's in-page backends (Wisp, and
 //! fetch through the relay's CORS proxy: tests/js/guest-wisp.mjs), and the demo page in
-//! headless Chromium (tests/js/demo-chromium.mjs). Without node, the guest build or the npm packages these
+//! headless Chromium (tests/js/demo-chromium.mjs, with the Packets panel). Without node, the guest build or the npm packages these
 //! tests skip with a message, unless V86_RELAY_REQUIRE_BROWSER=1 (set by .ci/run).
 
 mod common;
@@ -225,6 +225,16 @@ fn demo_page_in_chromium_two_tabs_ping_each_other() {
     let out = run_node("demo-chromium.mjs", &env, Duration::from_secs(600));
     assert!(out.contains("DEMO-CHROMIUM OK"), "{out}");
     assert!(repo().join("test-artifacts/demo-chromium.png").exists());
+    // The Packets panel's screenshot and its pcapng download, which tshark reads.
+    assert!(repo().join("test-artifacts/demo-packets.png").exists());
+    let pcapng = repo().join("test-artifacts/demo-packets.pcapng");
+    if let Ok(out) = Command::new("tshark")
+        .args(["-r", pcapng.to_str().unwrap(), "-Y", "icmp.type == 8"])
+        .output()
+    {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.lines().count() > 0, "{text}");
+    }
 }
 
 /// The page and its files are served from the checkout; a WebSocket on / still joins
@@ -374,4 +384,58 @@ fn guest_over_fetch_uses_the_cors_proxy() {
     ];
     let out = run_node("guest-wisp.mjs", &env, Duration::from_secs(600));
     assert!(out.contains("GUEST-WISP OK"), "{out}");
+}
+
+/// The guest-speed figure of docs/benchmarks.md: the guest in v86 (Node, virtio) downloads
+/// 32 MiB from an "internet" namespace through the relay's NAT on a LAN of MTU 1500 and on
+/// one of MTU 65520 (chosen by its first join, `?mtu=65520`), three times each, in the same
+/// run. A benchmark, not in CI:
+/// `cargo test -p relay --test v86 guest_download_speed -- --ignored --nocapture` (root;
+/// `V86_RELAY_BENCH_BIN=target/release/v86-relay` measures a release build of the relay).
+#[test]
+#[ignore = "benchmark: about two minutes; run by hand (see docs/benchmarks.md)"]
+fn guest_download_speed_at_mtu_1500_and_65520() {
+    if !ready_or_skip("guest_download_speed_at_mtu_1500_and_65520", false)
+        || !root_or_skip("guest_download_speed_at_mtu_1500_and_65520")
+    {
+        return;
+    }
+    let internet = common::internet::Internet::new("gspd", 58);
+    let dir = common::vm::Scratch::new("gspd");
+    let mib = 32;
+    common::internet::random_file(&dir.0.join("big.bin"), mib, 7);
+    let _httpd = internet.spawn(&[
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        dir.0.to_str().unwrap(),
+    ]);
+    common::internet::wait_listening(&internet.ns, &internet.addr(), 80);
+    // V86_RELAY_BENCH_BIN: another build of the relay (e.g. target/release/v86-relay).
+    let bin = std::env::var("V86_RELAY_BENCH_BIN").ok();
+    let (_relay, port) =
+        common::netns::start_relay_bin(bin.as_deref().unwrap_or(common::netns::relay_bin()), &[]);
+    let url = format!("http://{}/big.bin", internet.addr());
+    let mut figures = Vec::new();
+    for mtu in ["1500", "65520"] {
+        let env = [
+            ("V86_RELAY_ADDR", format!("127.0.0.1:{port}")),
+            ("V86_RELAY_LAN", format!("speed-{mtu}")),
+            ("MTU", mtu.to_owned()),
+            ("URL", url.clone()),
+            ("BYTES", (mib << 20).to_string()),
+            ("RUNS", "3".to_owned()),
+        ];
+        let out = run_node("guest-speed.mjs", &env, Duration::from_secs(400));
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("GUEST-SPEED mtu="))
+            .unwrap_or_else(|| panic!("{out}"))
+            .to_owned();
+        figures.push(line);
+    }
+    eprintln!("{}", figures.join("\n"));
 }

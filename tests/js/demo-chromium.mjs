@@ -1,6 +1,10 @@
 // The demo page in headless Chromium: two tabs on one LAN boot the guest (the second one
 // restores the state the first saved in IndexedDB), ping each other by host name, and the
-// LAN panel lists both. Saves test-artifacts/demo-chromium.png.
+// LAN panel lists both. Both tabs show the Packets panel (tab A opened by a teacher-style
+// link, ?packets=1; tab B by its checkbox), whose decoded lines must show the ping's echo
+// request and reply; tab A downloads the last minutes as pcapng. Saves
+// test-artifacts/demo-chromium.png, demo-chromium-b.png, demo-packets.png and
+// demo-packets.pcapng.
 // Env: V86_RELAY_ADDR=127.0.0.1:PORT (required), V86_RELAY_LAN (default "classroom").
 // Prints `TIMING name ms` lines and `DEMO-CHROMIUM OK` on success.
 import { mkdir } from "node:fs/promises";
@@ -36,11 +40,11 @@ const browser = await chromium.launch({
 const context = await browser.newContext({ viewport: { width: 1400, height: 820 } });
 const pages = [];
 
-async function open(host) {
+async function open(host, extra = "") {
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error(`[${host}] page error: ${e}`));
   page.on("console", (m) => m.type() === "error" && console.error(`[${host}] console: ${m.text()}`));
-  await page.goto(`http://${addr}/?lan=${lan}&host=${host}`);
+  await page.goto(`http://${addr}/?lan=${lan}&host=${host}${extra}`);
   await page.waitForSelector("#boot:not([disabled])");
   pages.push({ host, page });
   return page;
@@ -69,7 +73,7 @@ async function run(page, cmd, timeout = 30000) {
 
 async function main() {
   let t = Date.now();
-  const a = await open("vm-a");
+  const a = await open("vm-a", "&packets=1");
   await a.click("#boot");
   const readyA = await readyOf(a, 400000);
   timing("tab_a_cold_boot_to_lease", t);
@@ -79,6 +83,7 @@ async function main() {
 
   t = Date.now();
   const b = await open("vm-b");
+  await b.check("#packets-on");
   await b.click("#boot");
   const readyB = await readyOf(b, 120000);
   timing("tab_b_restore_to_lease", t);
@@ -114,6 +119,40 @@ async function main() {
   await a.waitForTimeout(500);
   await mkdir(artifacts, { recursive: true });
   await a.screenshot({ path: path.join(artifacts, "demo-chromium.png") });
+
+  // The Packets panels: the last ping (vm-a -> vm-b), decoded, in both tabs.
+  t = Date.now();
+  for (const [name, page] of [["vm-a", a], ["vm-b", b]]) {
+    await page.waitForFunction(
+      () => {
+        const lines = window.demoPackets.lines;
+        return (
+          lines.some((l) => /^vm-a -> vm-b  ICMP echo request id=\d+ seq=\d+$/.test(l)) &&
+          lines.some((l) => /^vm-b -> vm-a  ICMP echo reply id=\d+ seq=\d+$/.test(l))
+        );
+      },
+      null,
+      { timeout: 15000, polling: 250 },
+    ).catch(async (e) => {
+      const lines = await page.evaluate(() => window.demoPackets.lines.slice(-40));
+      const status = await page.locator("#packets-status").innerText();
+      throw new Error(`${name}'s Packets panel lacks the echo request/reply (${status}):\n${lines.join("\n")}\n${e}`);
+    });
+  }
+  const lines = await a.evaluate(() => window.demoPackets.lines);
+  console.log(`Packets panel of vm-a (${lines.length} lines), last 12:\n${lines.slice(-12).join("\n")}`);
+  for (const want of [/DHCP (DISCOVER|REQUEST)/, /ARP who-has/]) {
+    if (!lines.some((l) => want.test(l))) throw new Error(`vm-a's Packets panel lacks ${want}`);
+  }
+  const download = a.waitForEvent("download", { timeout: 10000 });
+  await a.click("#packets-download");
+  await (await download).saveAs(path.join(artifacts, "demo-packets.pcapng"));
+  const bytes = await a.evaluate(() => window.demoPackets.lastDownloadBytes);
+  if (!(bytes > 100)) throw new Error(`the pcapng download has ${bytes} bytes`);
+  console.log(`pcapng download: ${bytes} bytes`);
+  await a.locator("#packets-panel").scrollIntoViewIfNeeded();
+  await a.screenshot({ path: path.join(artifacts, "demo-packets.png"), fullPage: true });
+  timing("packets_panel", t);
   await b.screenshot({ path: path.join(artifacts, "demo-chromium-b.png") });
   console.log(`screenshots in ${artifacts}`);
   timing("total", t0);

@@ -22,7 +22,7 @@ pub use auth::AuthSection;
 pub use cors::CorsSection;
 pub use nat::NatSection;
 pub(crate) use nat::core_config;
-pub(crate) use network::NetworkTables;
+pub(crate) use network::{NetworkConfig, NetworkTables};
 pub(crate) use port_forward::{ForwardProtocol, ForwardTarget, PortForwardRule};
 pub use sections::{
     CaptureSection, DefaultLan, DhcpSection, DnsSection, LimitsConfig, ServerConfig, SwitchSection,

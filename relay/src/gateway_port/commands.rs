@@ -47,6 +47,8 @@ pub(crate) enum GatewayCommand {
 pub(crate) struct GatewayDirectory {
     gateways: Mutex<BTreeMap<LanName, mpsc::Sender<GatewayCommand>>>,
     internet_off: Mutex<BTreeSet<LanName>>,
+    /// Network settings beyond the config: a teacher's, a first join's MTU.
+    pub(crate) settings: super::settings::LanSettings,
 }
 
 /// Most LANs remembered with their internet off: the set grows only by authorised calls,
@@ -64,6 +66,7 @@ impl GatewayDirectory {
         if let Ok(mut gateways) = self.gateways.lock() {
             gateways.remove(lan);
         }
+        self.settings.stopped(lan);
     }
 
     /// Records a teacher's internet switch for `lan`; false when too many LANs are

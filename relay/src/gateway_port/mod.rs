@@ -8,6 +8,7 @@
 
 pub(crate) mod commands;
 pub(crate) mod leases;
+pub(crate) mod settings;
 pub(crate) mod stats;
 pub(crate) mod upstream;
 
@@ -46,7 +47,12 @@ pub(crate) struct GatewayHooks {
 impl LanHooks for GatewayHooks {
     fn lan_created(&self, registry: &Arc<LanRegistry>, lan: &Arc<Lan>) {
         let name = lan.name().as_str();
-        let network = match self.config.network_tables().for_lan(name) {
+        // The config's settings, a first join's MTU and a teacher's (gateway_port/settings.rs).
+        let network = match self
+            .directory
+            .settings
+            .for_new_lan(&self.config, lan.name())
+        {
             Ok(network) => network,
             Err(e) => return tracing::error!(lan = %name, "no gateway: {e}"),
         };
@@ -98,6 +104,7 @@ impl LanHooks for GatewayHooks {
         };
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         self.directory.register(lan.name(), commands_tx);
+        self.directory.settings.started(lan.name(), &network);
         tokio::spawn(driver.run(queue, host_events, commands));
     }
 }

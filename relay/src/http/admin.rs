@@ -129,6 +129,13 @@ async fn describe_lan(state: &AdminState, lan: &Lan) -> serde_json::Value {
         "clients": lan.client_count(),
         "ports": ports,
     });
+    // The network it runs with, and a teacher's settings for its next start.
+    if let (Some(entry), Some(settings)) = (
+        entry.as_object_mut(),
+        state.directory.settings.describe(lan.name()).as_object(),
+    ) {
+        entry.extend(settings.clone());
+    }
     if let Some(gateway) = state.directory.get(lan.name()) {
         let (reply, answer) = oneshot::channel();
         if gateway.send(GatewayCommand::Describe(reply)).await.is_ok()

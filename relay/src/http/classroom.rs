@@ -9,6 +9,8 @@
 //! POST   /admin/lans/{name}/internet         body {"enabled": false}
 //! DELETE /admin/lans/{name}/machines/{mac}   close its ports, release its leases
 //! DELETE /admin/lans/{name}                  close every port; the LAN goes
+//! PUT    /admin/lans/{name}/settings         body {"mtu": 65520, "subnet": ...}: for its next start
+//! GET    /admin/lans/{name}/settings         the teacher's settings and the effective ones
 //! ```
 
 use std::sync::Arc;
@@ -60,6 +62,10 @@ pub(super) fn router(state: Arc<AdminState>) -> Router {
         .route("/admin/lans/{name}/capture", get(super::pcap::handler))
         .route("/admin/lans/{name}/internet", post(set_internet))
         .route("/admin/lans/{name}/machines/{mac}", delete(remove_machine))
+        .route(
+            "/admin/lans/{name}/settings",
+            get(get_settings).put(set_settings),
+        )
         .with_state(state)
 }
 
@@ -252,6 +258,87 @@ async fn close_lan(
         "close_lan"
     );
     Json(json!({ "lan": lan.as_str(), "closed_ports": closed })).into_response()
+}
+
+/// The settings a LAN runs with, and those that apply at its next start.
+fn settings_answer(
+    state: &AdminState,
+    lan: &LanName,
+    next: &crate::config::NetworkConfig,
+) -> serde_json::Value {
+    let mut answer = state.directory.settings.describe(lan);
+    answer["lan"] = lan.as_str().into();
+    answer["next_start"] = json!({
+        "subnet": next.subnet,
+        "gateway": next.gateway.to_string(),
+        "dns": next.dns.to_string(),
+        "mtu": next.mtu,
+        "domain_suffix": next.domain_suffix,
+        "pool_start": next.pool_start.to_string(),
+        "pool_end": next.pool_end.to_string(),
+    });
+    answer["live"] = state.lans.exists(lan).into();
+    answer
+}
+
+/// `PUT /admin/lans/{name}/settings`: any keys of `[lans.NAME]` (subnet, gateway, dns,
+/// pool_start, pool_end, mtu, domain_suffix, lease_time_secs, static_leases) for the LAN's
+/// next start; they replace the teacher's earlier settings (`{}` forgets them). A live LAN
+/// keeps its settings until it is closed (`DELETE /admin/lans/{name}`) or goes idle.
+async fn set_settings(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Option<Json<serde_json::Map<String, serde_json::Value>>>,
+) -> Response {
+    let (lan, caller) = match lan_caller(&state, &name, &headers, &uri) {
+        Ok(checked) => checked,
+        Err((status, message)) => return error(status, message),
+    };
+    let Some(Json(body)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            r#"send a JSON object of [lans.NAME] keys, e.g. {"mtu": 65520}, with Content-Type: application/json"#,
+        );
+    };
+    let table = match toml::Table::try_from(&body) {
+        Ok(table) => table,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("settings: {e}")),
+    };
+    let config = state.ctx.config();
+    let next = match state.directory.settings.set(&config, &lan, table) {
+        Ok(next) => next,
+        Err(problem) => return error(StatusCode::BAD_REQUEST, problem),
+    };
+    tracing::info!(
+        target: "audit",
+        event = "lan_settings",
+        lan = %lan,
+        settings = %serde_json::Value::Object(body),
+        by = caller.role(),
+        sub = caller.sub(),
+        "lan_settings"
+    );
+    Json(settings_answer(&state, &lan, &next)).into_response()
+}
+
+/// `GET /admin/lans/{name}/settings`.
+async fn get_settings(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let (lan, _) = match lan_caller(&state, &name, &headers, &uri) {
+        Ok(checked) => checked,
+        Err((status, message)) => return error(status, message),
+    };
+    let config = state.ctx.config();
+    match state.directory.settings.next_start(&config, &lan) {
+        Ok(next) => Json(settings_answer(&state, &lan, &next)).into_response(),
+        Err(problem) => error(StatusCode::INTERNAL_SERVER_ERROR, problem),
+    }
 }
 
 /// `02:00:00:00:00:0a` or `02-00-00-00-00-0a`.

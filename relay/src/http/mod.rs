@@ -9,6 +9,7 @@ pub(crate) mod demo;
 pub(crate) mod doh;
 pub(crate) mod metrics;
 pub(crate) mod net_info;
+mod packets;
 mod pcap;
 pub(crate) mod serve;
 pub(crate) mod tls;
@@ -25,6 +26,7 @@ use axum::routing::{any, get};
 
 use crate::admission::JoinRequest;
 use crate::config::DefaultLan;
+use crate::gateway_port::commands::GatewayDirectory;
 use crate::gateway_port::leases::LeaseStore;
 use crate::gateway_port::upstream::Upstream;
 use crate::shared::{Transport, lan_from_path};
@@ -53,6 +55,8 @@ pub(crate) struct AppState {
     pub(crate) wisp: Arc<WispShared>,
     /// The upstream resolver, for DNS over HTTPS.
     pub(crate) upstream: Upstream,
+    /// The gateways' directory: a first join's `?mtu=` goes to its LAN settings.
+    pub(crate) directory: Arc<GatewayDirectory>,
 }
 
 /// Everything on `--listen`.
@@ -65,6 +69,7 @@ pub(crate) fn client_router(app: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(demo::router(&app))
         .route("/net/info", get(net_info::handler))
+        .route("/net/packets", get(packets::handler))
         .route("/dns-query", get(doh::get).post(doh::post))
         .route("/cors/{*target}", any(cors::handle))
         .with_state(app)
@@ -118,6 +123,20 @@ async fn join(
         transport: Transport::WebSocket,
     };
     let private = is_root && app.ctx.config().server.default_lan == DefaultLan::Private;
+    // `?mtu=65520`: the MTU of a LAN this join creates (virtio guests; ne2k takes 1500).
+    if let Some(mtu) = query_param(uri.query(), "mtu") {
+        let Ok(mtu) = mtu.parse::<u16>() else {
+            return bad_request(format!("?mtu={mtu} is not a number; use 1500 or 65520"));
+        };
+        let config = app.ctx.config();
+        let settings = &app.directory.settings;
+        match settings.check_mtu(&config, mtu) {
+            Err(problem) => return bad_request(problem),
+            // Only a join that creates the LAN chooses; later ones take what it has.
+            Ok(()) if !private && !app.ctx.lans.exists(&lan) => settings.offer_join_mtu(&lan, mtu),
+            Ok(()) => {}
+        }
+    }
     let target = match private {
         true => websocket::Target::Private,
         false => websocket::Target::Lan(lan.clone()),

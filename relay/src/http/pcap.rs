@@ -152,10 +152,11 @@ async fn host_names(state: &AdminState, lan: &crate::shared::LanName) -> HashMap
     names
 }
 
-/// One capture's writer: frames from the tap to pcapng chunks for the body.
-struct Writer {
+/// Frames to pcapng: a capture's stream, and the live view's download of its recent frames
+/// (`packets.rs`). Interfaces are named as they first appear.
+pub(super) struct Writer {
     pcapng: Pcapng,
-    out: Vec<u8>,
+    pub(super) out: Vec<u8>,
     names: HashMap<String, String>,
     /// The wall clock at `base`: frame times are `Instant`s, the file's are since 1970.
     base: Instant,
@@ -164,12 +165,35 @@ struct Writer {
 }
 
 impl Writer {
-    fn micros(&self, at: Instant) -> u64 {
-        let since = at.saturating_duration_since(self.base).as_micros() as u64;
-        self.base_us + since
+    /// A file with its section header written; `names` maps lease MACs (dashes) to host
+    /// names.
+    pub(super) fn new(snaplen: u32, names: HashMap<String, String>) -> Writer {
+        let since_1970 = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut writer = Writer {
+            pcapng: Pcapng::new(snaplen),
+            out: Vec::with_capacity(CHUNK_BYTES),
+            names,
+            base: Instant::now(),
+            base_us: since_1970.as_micros() as u64,
+            written: 0,
+        };
+        writer.pcapng.section_header(&mut writer.out, "v86-relay");
+        writer
     }
 
-    fn write(&mut self, captured: &Captured, tap: &CaptureTap) {
+    fn micros(&self, at: Instant) -> u64 {
+        if at >= self.base {
+            self.base_us + (at - self.base).as_micros() as u64
+        } else {
+            let before = (self.base - at).as_micros() as u64;
+            self.base_us.saturating_sub(before)
+        }
+    }
+
+    /// Writes one frame; `lost` frames of its port went missing just before it.
+    pub(super) fn write(&mut self, captured: &Captured, lost: u64) {
         let key = captured.port.0;
         let id = match self.pcapng.interface_id(key) {
             Some(id) => id,
@@ -178,7 +202,6 @@ impl Writer {
                 self.pcapng.interface(&mut self.out, key, &name)
             }
         };
-        let lost = tap.drops.take(captured.port);
         let at = self.micros(captured.at);
         self.pcapng
             .packet(&mut self.out, id, at, &captured.frame, lost);
@@ -203,9 +226,9 @@ impl Writer {
 
     /// The closing statistics: losses no packet carried go to their port's interface (one
     /// is described for a port that lost every frame).
-    fn finish(&mut self, tap: &CaptureTap) {
+    pub(super) fn finish(&mut self, drops: Vec<(switch::PortId, u64)>) {
         let mut late = Vec::new();
-        for (port, lost) in tap.drops.take_all() {
+        for (port, lost) in drops {
             let id = match self.pcapng.interface_id(port.0) {
                 Some(id) => id,
                 None => self
@@ -243,18 +266,7 @@ async fn run(
     names: HashMap<String, String>,
     body: mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
-    let since_1970 = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let mut writer = Writer {
-        pcapng: Pcapng::new(options.snaplen),
-        out: Vec::with_capacity(CHUNK_BYTES),
-        names,
-        base: Instant::now(),
-        base_us: since_1970.as_micros() as u64,
-        written: 0,
-    };
-    writer.pcapng.section_header(&mut writer.out, "v86-relay");
+    let mut writer = Writer::new(options.snaplen, names);
     let deadline = options.secs.map(|secs| tokio::time::Instant::now() + secs);
     let limit = options.frames.unwrap_or(u64::MAX);
     let lan = tap.lan().clone();
@@ -270,16 +282,16 @@ async fn run(
             first = tap.frames.recv() => first,
         };
         let Some(first) = first else { break };
-        writer.write(&first, &tap);
+        writer.write(&first, tap.drops.take(first.port));
         // Whatever else is queued goes into the same chunk.
         while writer.written < limit && writer.out.len() < CHUNK_BYTES {
             let Ok(next) = tap.frames.try_recv() else {
                 break;
             };
-            writer.write(&next, &tap);
+            writer.write(&next, tap.drops.take(next.port));
         }
     }
-    writer.finish(&tap);
+    writer.finish(tap.drops.take_all());
     drop(tap);
     send(&body, &mut writer.out).await;
 }

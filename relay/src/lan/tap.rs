@@ -4,7 +4,6 @@
 //! [`CaptureTap`]: its own bounded queue of frames, filled with `try_send` so a slow reader
 //! loses frames (counted per port in [`TapDrops`]) and never slows the LAN.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -30,13 +29,19 @@ pub(crate) struct Captured {
 pub(crate) struct TapDrops {
     /// All ports together: lets the reader skip the map while nothing was lost.
     total: AtomicU64,
-    by_port: Mutex<HashMap<PortId, u64>>,
+    /// Per port; a LAN has few ports, and a short list scans faster than a map hashes
+    /// (this is counted under the LAN's lock, once per lost frame).
+    by_port: Mutex<Vec<(PortId, u64)>>,
 }
 
 impl TapDrops {
     fn count(&self, port: PortId) {
         self.total.fetch_add(1, Relaxed);
-        *lock(&self.by_port).entry(port).or_default() += 1;
+        let mut by_port = lock(&self.by_port);
+        match by_port.iter_mut().find(|(p, _)| *p == port) {
+            Some((_, lost)) => *lost += 1,
+            None => by_port.push((port, 1)),
+        }
     }
 
     /// Frames of `port` lost since the last call.
@@ -44,14 +49,18 @@ impl TapDrops {
         if self.total.load(Relaxed) == 0 {
             return 0;
         }
-        let lost = lock(&self.by_port).remove(&port).unwrap_or(0);
+        let mut by_port = lock(&self.by_port);
+        let Some(at) = by_port.iter().position(|(p, _)| *p == port) else {
+            return 0;
+        };
+        let (_, lost) = by_port.swap_remove(at);
         self.total.fetch_sub(lost, Relaxed);
         lost
     }
 
     /// Every port's losses not yet taken.
     pub(crate) fn take_all(&self) -> Vec<(PortId, u64)> {
-        let all: Vec<_> = lock(&self.by_port).drain().collect();
+        let all = std::mem::take(&mut *lock(&self.by_port));
         self.total.store(0, Relaxed);
         all
     }
@@ -152,6 +161,12 @@ impl Lan {
         }
         for tap in lock(&self.taps).iter() {
             if !tap.filter.matches(frame) {
+                continue;
+            }
+            // A stalled reader's tap is full: count the loss without building a frame for
+            // it (this runs under the LAN's lock, for every frame).
+            if tap.queue.capacity() == 0 {
+                tap.drops.count(port);
                 continue;
             }
             let captured = Captured {

@@ -134,9 +134,14 @@ pub fn free_port() -> u16 {
 
 /// Starts the relay binary on loopback with extra flags; waits until it accepts.
 pub fn start_relay(extra: &[&str]) -> (Proc, u16) {
+    start_relay_bin(relay_bin(), extra)
+}
+
+/// As [`start_relay`], with another build of the relay (a benchmark's release build).
+pub fn start_relay_bin(bin: &str, extra: &[&str]) -> (Proc, u16) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut command = Command::new(relay_bin());
+    let mut command = Command::new(bin);
     command.args(["--listen", &listen]);
     if !extra.contains(&"--metrics-listen") {
         command.args(["--metrics-listen", "off"]);
@@ -153,6 +158,17 @@ pub fn start_relay(extra: &[&str]) -> (Proc, u16) {
         std::thread::sleep(Duration::from_millis(50));
     }
     (proc, port)
+}
+
+/// iperf3 from `client` to `server_ip` for `secs`; the receiver's Mbit/s.
+pub fn iperf3_mbits(client: &Netns, server_ip: &str, secs: u32) -> f64 {
+    let secs = secs.to_string();
+    let out = client.exec(&["iperf3", "-c", server_ip, "-t", &secs, "-J"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("iperf3: {}", String::from_utf8_lossy(&out.stdout)))
+        / 1e6
 }
 
 /// `v86-relay tap` attaching `ns`'s tap0 to LAN `lan`.
