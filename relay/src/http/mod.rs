@@ -53,6 +53,8 @@ pub(crate) struct AppState {
     pub(crate) wisp: Arc<WispShared>,
     /// The upstream resolver, for DNS over HTTPS.
     pub(crate) upstream: Upstream,
+    /// This node's part of the cluster, with `[cluster]` (`/healthz` reports NATS).
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Everything on `--listen`.
@@ -62,7 +64,7 @@ pub(crate) fn client_router(app: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(join))
         .route("/lan/{name}", get(join))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .merge(demo::router(&app))
         .route("/net/info", get(net_info::handler))
         .route("/dns-query", get(doh::get).post(doh::post))
@@ -70,6 +72,22 @@ pub(crate) fn client_router(app: Arc<AppState>) -> Router {
         .with_state(app)
         .merge(offers)
         .merge(wisp)
+}
+
+/// `GET /healthz`: ok; with `[cluster]`, 503 while NATS is unreachable, so a balancer
+/// sends clients to a node that can reach the LANs' owners.
+async fn healthz(State(app): State<Arc<AppState>>) -> Response {
+    match &app.cluster {
+        None => "ok\n".into_response(),
+        Some(cluster) if cluster.connected() => {
+            format!("ok\nnats: connected\nnode: {}\n", cluster.node).into_response()
+        }
+        Some(cluster) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("nats: disconnected\nnode: {}\n", cluster.node),
+        )
+            .into_response(),
+    }
 }
 
 /// `GET /` and `GET /lan/NAME`: a WebSocket upgrade joins that LAN; a plain `GET /` is the
