@@ -66,7 +66,7 @@ pub enum StartError {
     #[error("{0}")]
     WebRtc(String),
     #[error("config [cluster]: {0}")]
-    Cluster(#[from] ClusterError),
+    Cluster(String),
     #[error(
         "cannot listen on {addr} ({key}): {source}. Pick a free address with --{flag} or stop the program using it."
     )]
@@ -94,6 +94,7 @@ start_error_from! {
     ForwardError => Forward,
     WebTransportStartError => WebTransport,
     WebRtcStartError => WebRtc,
+    ClusterError => Cluster,
 }
 
 /// NAT settings for every LAN, with this host's addresses and how pings can be sent.

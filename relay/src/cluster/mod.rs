@@ -81,6 +81,34 @@ impl LanHooks for ClusterHooks {
     }
 }
 
+/// Opens KV bucket `name`, creating it when missing. Made as its stream directly: the
+/// client's own bucket creation first reads the account's JetStream info, whose shape
+/// nats-server 2.9 (Debian's) does not match.
+async fn bucket(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    max_age: Duration,
+    description: &str,
+) -> Result<kv::Store, async_nats::Error> {
+    use async_nats::jetstream::stream;
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{name}"),
+        description: Some(format!("v86-relay: {description}")),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: 1,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await?;
+    Ok(js.get_key_value(name).await?)
+}
+
 impl Cluster {
     /// Connects to NATS and opens (or creates) the two buckets; fails when NATS is
     /// unreachable or has no JetStream.
@@ -138,27 +166,23 @@ impl Cluster {
             urls: urls.clone(),
             error: e.to_string(),
         };
-        js.query_account().await.map_err(|e| no_js(&e))?;
         let prefix = config.subject_prefix.clone();
-        let owners = js
-            .create_key_value(kv::Config {
-                bucket: format!("{prefix}-owners"),
-                description: "v86-relay: the node that owns each LAN".to_owned(),
-                history: 1,
-                max_age: ttl,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| no_js(&e))?;
-        let leases = js
-            .create_key_value(kv::Config {
-                bucket: format!("{prefix}-leases"),
-                description: "v86-relay: each LAN's DHCP leases".to_owned(),
-                history: 1,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| no_js(&e))?;
+        let owners = bucket(
+            &js,
+            &format!("{prefix}-owners"),
+            ttl,
+            "the node that owns each LAN",
+        )
+        .await
+        .map_err(|e| no_js(&e))?;
+        let leases = bucket(
+            &js,
+            &format!("{prefix}-leases"),
+            Duration::ZERO,
+            "each LAN's DHCP leases",
+        )
+        .await
+        .map_err(|e| no_js(&e))?;
         tracing::info!("cluster: node {node} on NATS {urls}, LAN claims live {ttl:?}");
         let cluster = Arc::new(Cluster {
             node,
