@@ -199,7 +199,7 @@ fn three_nodes_share_a_lan_and_survive_the_owner() {
     // the bus twice (c -> owner a -> b).
     let www = scratch.0.join("www");
     std::fs::create_dir_all(&www).unwrap();
-    let expected = random_file(&www.join("big"), 100, 0x5eed_c1u32);
+    let expected = random_file(&www.join("big"), 100, 0x005e_edc1);
     let _httpd = spawn_in(
         &vm3,
         &[
