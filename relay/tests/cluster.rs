@@ -491,3 +491,149 @@ fn start_up_fails_clearly_without_nats_or_jetstream() {
     let err = start(&format!("nats://127.0.0.1:{port}"));
     assert!(err.contains("has no JetStream"), "{err}");
 }
+
+/// A load balancer in front of relay nodes, as nginx or HAProxy would be: each new TCP
+/// connection goes to the first node that accepts it. Runs on its own thread.
+fn balancer(backends: Vec<u16>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let never = Arc::new(AtomicBool::new(false));
+            while let Ok((client, _)) = listener.accept().await {
+                for &backend in &backends {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", backend)).await
+                    else {
+                        continue;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::spawn(pump(cr, sw, never.clone()));
+                    tokio::spawn(pump(sr, cw, never.clone()));
+                    break;
+                }
+            }
+        });
+    });
+    port
+}
+
+/// The longest time between two answered pings in `ping -D` output, in seconds.
+fn longest_gap(ping_output: &str) -> f64 {
+    let times: Vec<f64> = ping_output
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect();
+    times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
+}
+
+#[test]
+fn a_drained_owner_hands_its_lan_over_while_a_vm_downloads() {
+    if !root_or_skip("a_drained_owner_hands_its_lan_over_while_a_vm_downloads") {
+        return;
+    }
+    let scratch = Scratch::new("cludrain");
+    let (_nats, nats_port) = nats_server(&scratch.0.join("js"), true);
+    let nats = format!("nats://127.0.0.1:{nats_port}");
+    let config = config_file(&scratch.0);
+    let a = node("drain-a", &nats, &config);
+    let b = node("drain-b", &nats, &config);
+    let internet = Internet::new("cldinet", 62);
+    // vm1 reaches the cluster through the balancer (node-a first), vm2 through node-b.
+    let lb = balancer(vec![a.port, b.port]);
+    let vm1 = vm("cld1");
+    let _tap1 = attach_tap(lb, "roll", &vm1);
+    let ip1 = udhcpc(&vm1, &scratch.0, Some("vm1"), &[])["ip"].clone();
+    assert_eq!(owner(b.metrics, "roll").as_deref(), Some("drain-a"));
+    let vm2 = vm("cld2");
+    let _tap2 = attach_tap(b.port, "roll", &vm2);
+    let ip2 = udhcpc(&vm2, &scratch.0, Some("vm2"), &[])["ip"].clone();
+
+    // vm1 downloads 24 MiB from vm2 at 4 MB/s (about 6 s) and pings the internet every
+    // 100 ms, while node-a is drained.
+    let www = scratch.0.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let expected = random_file(&www.join("big"), 24, 0x00d0_0d1e);
+    let _httpd = spawn_in(
+        &vm2,
+        &[
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "8080",
+            "-h",
+            www.to_str().unwrap(),
+        ],
+    );
+    wait_listening(&vm1, &ip2, 8080);
+    let sums = scratch.0.join("download.sha");
+    let pings = scratch.0.join("ping.txt");
+    let mut download = spawn_in(
+        &vm1,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "curl -sS --max-time 60 --limit-rate 4M http://{ip2}:8080/big | sha256sum > {}",
+                sums.display()
+            ),
+        ],
+    );
+    let target = internet.addr();
+    let mut ping = spawn_in(
+        &vm1,
+        &[
+            "sh",
+            "-c",
+            &format!("ping -D -i 0.1 -W 1 -w 10 {target} > {}", pings.display()),
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let drained = run(&[
+        "curl",
+        "-s",
+        "--max-time",
+        "20",
+        "-X",
+        "POST",
+        &format!("http://127.0.0.1:{}/admin/drain", a.metrics),
+    ]);
+    let drained: serde_json::Value = serde_json::from_slice(&drained.stdout).unwrap();
+    eprintln!("cluster drain: {drained}");
+    assert_eq!(drained["drained"], true);
+    wait_owner(b.metrics, "roll", Duration::from_secs(10), |o| {
+        o == "drain-b"
+    });
+
+    let _ = ping.0.wait();
+    let status = download.0.wait().unwrap();
+    assert!(status.success());
+    let got = std::fs::read_to_string(&sums).unwrap();
+    assert_eq!(
+        got.split_whitespace().next(),
+        Some(expected.as_str()),
+        "the download between VMs survives the drain"
+    );
+    let gap = longest_gap(&std::fs::read_to_string(&pings).unwrap());
+    eprintln!("cluster drain: vm1 was without connectivity for at most {gap:.2} s");
+    assert!(gap < 5.0, "vm1 was cut off for {gap:.2} s");
+    assert_eq!(ipv4_of(&vm1), ip1, "vm1 keeps its address");
+    let renewed = udhcpc(&vm1, &scratch.0, Some("vm1"), &["-r", &ip1]);
+    assert_eq!(renewed["ip"], ip1, "the new owner has vm1's lease");
+    let view = cluster_view(b.metrics);
+    let lan = view["lans"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["lan"] == "roll").cloned())
+        .unwrap_or_default();
+    assert_eq!(lan["owned"], true, "{view}");
+    assert_eq!(lan["local_ports"], 2, "vm1 reconnected to node-b: {view}");
+    drop(a);
+}

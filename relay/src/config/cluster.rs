@@ -38,7 +38,7 @@ impl Default for ClusterSection {
             node_name: None,
             subject_prefix: "v86relay".to_owned(),
             lease_ttl_secs: 10,
-            drain_on_stop: false,
+            drain_on_stop: true,
             user: None,
             password: None,
             token: None,
