@@ -92,7 +92,13 @@ async fn run_uplink(cluster: Arc<Cluster>, lan: Arc<Lan>, mut rx: mpsc::Receiver
                 while let Some(up) = next.take() {
                     match up {
                         Up::Frame(port, frame) => frames.push(port.0, &frame),
-                        Up::Left(port) => byes.push(port.0, &[]),
+                        Up::Left(port) => {
+                            if byes.is_full() {
+                                let full = std::mem::replace(&mut byes, builder(Kind::Bye));
+                                publish(&cluster, &subject, full, false).await;
+                            }
+                            byes.push(port.0, &[]);
+                        }
                     }
                     if frames.is_full() {
                         let full = std::mem::replace(&mut frames, builder(Kind::Frames));
@@ -113,6 +119,10 @@ async fn run_uplink(cluster: Arc<Cluster>, lan: Arc<Lan>, mut rx: mpsc::Receiver
                 }
                 let mut b = builder(Kind::Hello);
                 for port in lan.client_ports() {
+                    if b.is_full() {
+                        let full = std::mem::replace(&mut b, builder(Kind::Hello));
+                        publish(&cluster, &subject, full, false).await;
+                    }
                     b.push(port.0, &[]);
                 }
                 if !b.is_empty() {
