@@ -544,10 +544,11 @@ fn a_drained_owner_hands_its_lan_over_while_a_vm_downloads() {
     let nats = format!("nats://127.0.0.1:{nats_port}");
     let config = config_file(&scratch.0);
     let a = node("drain-a", &nats, &config);
-    let b = node("drain-b", &nats, &config);
+    let mut b = node("drain-b", &nats, &config);
+    let c = node("drain-c", &nats, &config);
     let internet = Internet::new("cldinet", 62);
     // vm1 reaches the cluster through the balancer (node-a first), vm2 through node-b.
-    let lb = balancer(vec![a.port, b.port]);
+    let lb = balancer(vec![a.port, b.port, c.port]);
     let vm1 = vm("cld1");
     let _tap1 = attach_tap(lb, "roll", &vm1);
     let ip1 = udhcpc(&vm1, &scratch.0, Some("vm1"), &[])["ip"].clone();
@@ -635,5 +636,26 @@ fn a_drained_owner_hands_its_lan_over_while_a_vm_downloads() {
         .unwrap_or_default();
     assert_eq!(lan["owned"], true, "{view}");
     assert_eq!(lan["local_ports"], 2, "vm1 reconnected to node-b: {view}");
+
+    // SIGTERM drains too (cluster.drain_on_stop, on by default): node-b hands the LAN
+    // over as it stops, and vm1 carries on through node-c with its address.
+    let stopped = Instant::now();
+    must(&["kill", "-TERM", &b.proc.0.id().to_string()]);
+    let status = b.proc.0.wait().unwrap();
+    assert!(status.success(), "node-b stops cleanly: {status}");
+    wait_owner(c.metrics, "roll", Duration::from_secs(10), |o| {
+        o == "drain-c"
+    });
+    assert!(
+        vm1.ping_ok(&target, Duration::from_secs(10)),
+        "vm1 reaches the internet through node-c"
+    );
+    eprintln!(
+        "cluster SIGTERM: vm1 reaches the internet through node-c {:.2} s after node-b was stopped",
+        stopped.elapsed().as_secs_f64()
+    );
+    assert_eq!(ipv4_of(&vm1), ip1, "vm1 keeps its address");
+    let renewed = udhcpc(&vm1, &scratch.0, Some("vm1"), &["-r", &ip1]);
+    assert_eq!(renewed["ip"], ip1, "node-c has vm1's lease");
     drop(a);
 }
