@@ -52,6 +52,16 @@ enum Attempt {
     Other,
 }
 
+/// How a write of the LAN's leases went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LeaseWrite {
+    Stored,
+    /// NATS did not take it; tried again later.
+    Failed,
+    /// Another node wrote the LAN's leases: it owns the LAN now.
+    Fenced,
+}
+
 enum End {
     Removed,
     Lost,
@@ -228,6 +238,7 @@ impl Cluster {
             }),
         );
         let mut dirty = false;
+        let mut gateway_gone = gateway.is_none();
         let end = loop {
             let deadline = tokio::time::Instant::from_std(claim.poll_timeout());
             tokio::select! {
@@ -259,17 +270,29 @@ impl Cluster {
                             }
                         }
                         if dirty {
-                            dirty = !self.store_leases(&key, &lease_changes, &mut lease_revision).await;
+                            match self.store_leases(&key, &lease_changes, &mut lease_revision).await {
+                                LeaseWrite::Stored => dirty = false,
+                                LeaseWrite::Failed => {}
+                                LeaseWrite::Fenced => break End::Lost,
+                            }
                         }
                     }
                 }
-                changed = lease_changes.changed() => {
+                changed = lease_changes.changed(), if !gateway_gone => {
                     if changed.is_err() {
-                        // The gateway stopped by itself (the LAN is going).
-                        lease_changes = watch::channel(None).1;
+                        // The gateway stopped by itself (the LAN is going); its last
+                        // leases are still in the channel.
+                        gateway_gone = true;
                         continue;
                     }
-                    dirty = !self.store_leases(&key, &lease_changes, &mut lease_revision).await;
+                    match self.store_leases(&key, &lease_changes, &mut lease_revision).await {
+                        LeaseWrite::Stored => dirty = false,
+                        LeaseWrite::Failed => dirty = true,
+                        LeaseWrite::Fenced => {
+                            tracing::error!(lan = %key, "cluster: another node wrote the LAN's leases; this node stops serving the LAN");
+                            break End::Lost;
+                        }
+                    }
                 }
             }
         };
@@ -318,40 +341,46 @@ impl Cluster {
         key: &str,
         changes: &watch::Receiver<Option<dhcp::LeaseSnapshot>>,
         revision: &mut Option<u64>,
-    ) -> bool {
+    ) -> LeaseWrite {
         let Some(snapshot) = changes.borrow().clone() else {
-            return true;
+            return LeaseWrite::Stored;
         };
         let Ok(json) = serde_json::to_vec(&snapshot) else {
-            return true;
+            return LeaseWrite::Stored;
         };
+        // (error, whether someone else wrote the leases since this owner read them)
         let write = async {
             match *revision {
-                Some(r) => self
-                    .leases
-                    .update(key, json.into(), r)
-                    .await
-                    .map_err(|e| e.to_string()),
+                Some(r) => self.leases.update(key, json.into(), r).await.map_err(|e| {
+                    (
+                        e.kind() == UpdateErrorKind::WrongLastRevision,
+                        e.to_string(),
+                    )
+                }),
                 None => self
                     .leases
                     .create(key, json.into())
                     .await
-                    .map_err(|e| e.to_string()),
+                    .map_err(|e| (e.kind() == CreateErrorKind::AlreadyExists, e.to_string())),
             }
         };
         match tokio::time::timeout(self.timing.renew_every(), write).await {
             Ok(Ok(r)) => {
                 *revision = Some(r);
-                true
+                LeaseWrite::Stored
             }
-            Ok(Err(e)) => {
+            Ok(Err((fenced, e))) => {
                 self.stats.lease_write_failures.fetch_add(1, Relaxed);
                 tracing::warn!(lan = %key, "cluster: cannot store the LAN's leases: {e}");
-                false
+                if fenced {
+                    LeaseWrite::Fenced
+                } else {
+                    LeaseWrite::Failed
+                }
             }
             Err(_) => {
                 self.stats.lease_write_failures.fetch_add(1, Relaxed);
-                false
+                LeaseWrite::Failed
             }
         }
     }
