@@ -27,6 +27,7 @@ RELAY_LAYERS = {
     "nat": 4,
     "gateway_port": 5,
     "forward": 6,
+    "cluster": 6,
     "http": 7,
     "reload": 8,
     "app": 9,
@@ -48,7 +49,7 @@ GATEWAY_LAYERS = {
 }
 
 SANS_IO_CRATES = ["labels", "capture", "switch", "gateway", "dhcp", "dns", "webtransport", "webrtc-gw"]
-OPTIONAL_SANS_IO_CRATES = ["wisp", "admission"]
+OPTIONAL_SANS_IO_CRATES = ["wisp", "admission", "bus"]
 
 USE_RE = re.compile(r"\bcrate::([a-z_][a-z0-9_]*)")
 

@@ -21,6 +21,8 @@ have npm || need+=(npm)
 # tshark reads the pcapng of relay/tests/classroom.rs; its debconf question (non-root capture)
 # is answered by DEBIAN_FRONTEND=noninteractive below.
 have tshark || need+=(tshark)
+# nats-server (with JetStream) joins relay nodes in relay/tests/cluster.rs.
+have nats-server || need+=(nats-server)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

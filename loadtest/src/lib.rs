@@ -95,6 +95,10 @@ pub struct Args {
     /// Base WebSocket URL of the relay; `/lan/{lan-prefix}{i}` is appended.
     #[arg(long, env = "V86_LOADTEST_URL", default_value = "ws://127.0.0.1:8086")]
     pub url: String,
+    /// switch: base URL for the second client of each pair (another node of a relay
+    /// cluster, docs/cluster.md), so every frame crosses the cluster bus. [default: --url]
+    #[arg(long, env = "V86_LOADTEST_PEER_URL")]
+    pub peer_url: Option<String>,
     /// Number of clients (synthetic VMs). In switch mode an odd last client is left out.
     #[arg(long, env = "V86_LOADTEST_CLIENTS", default_value_t = 2)]
     pub clients: u32,
@@ -253,9 +257,13 @@ fn secs(s: f64) -> Duration {
 }
 
 fn lan_url(args: &Args, lan: u32) -> String {
+    lan_url_at(&args.url, args, lan)
+}
+
+fn lan_url_at(base: &str, args: &Args, lan: u32) -> String {
     format!(
         "{}/lan/{}{}",
-        args.url.trim_end_matches('/'),
+        base.trim_end_matches('/'),
         args.lan_prefix,
         lan
     )

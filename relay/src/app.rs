@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::Admission;
 pub use crate::admission::unix_now;
+use crate::cluster::{Cluster, ClusterError, ClusterHooks};
 use crate::config::Config;
 use crate::forward::{ForwardError, PortForwards};
 use crate::gateway_port::GatewayHooks;
@@ -64,6 +65,8 @@ pub enum StartError {
     WebTransport(String),
     #[error("{0}")]
     WebRtc(String),
+    #[error("config [cluster]: {0}")]
+    Cluster(String),
     #[error(
         "cannot listen on {addr} ({key}): {source}. Pick a free address with --{flag} or stop the program using it."
     )]
@@ -91,6 +94,7 @@ start_error_from! {
     ForwardError => Forward,
     WebTransportStartError => WebTransport,
     WebRtcStartError => WebRtc,
+    ClusterError => Cluster,
 }
 
 /// NAT settings for every LAN, with this host's addresses and how pings can be sent.
@@ -132,11 +136,13 @@ struct Gateways {
     nat: Option<Arc<NatShared>>,
     /// Also answers DNS over HTTPS.
     upstream: Upstream,
+    /// This node's part of the cluster, with `[cluster]`.
+    cluster: Option<Arc<Cluster>>,
 }
 
 async fn start_gateways(
     config: &Config,
-    lans: &LanRegistry,
+    lans: &Arc<LanRegistry>,
     leases: &Arc<LeaseStore>,
 ) -> Result<Gateways, StartError> {
     let upstream =
@@ -148,9 +154,10 @@ async fn start_gateways(
         forwards: Arc::default(),
         nat: None,
         upstream: upstream.clone(),
+        cluster: None,
     };
     let nat = nat_shared(config, &gateways.totals)?;
-    lans.set_hooks(Arc::new(GatewayHooks {
+    let hooks = Arc::new(GatewayHooks {
         config: Arc::new(config.clone()),
         upstream,
         leases: leases.clone(),
@@ -158,12 +165,26 @@ async fn start_gateways(
         gateways: gateways.stats.clone(),
         nat: nat.clone(),
         directory: gateways.directory.clone(),
-    }));
+    });
+    // Without [cluster] every LAN's gateway starts with the LAN; with it, only on the
+    // node that owns the LAN (docs/cluster.md).
+    let cluster = if config.cluster.enabled() {
+        let cluster = Cluster::connect(&config.cluster, lans.clone(), hooks).await?;
+        lans.set_hooks(Arc::new(ClusterHooks(cluster.clone())));
+        Some(cluster)
+    } else {
+        lans.set_hooks(hooks);
+        None
+    };
     for text in &config.nat.forwards {
         let forward = text.parse().map_err(StartError::Nat)?;
         gateways.forwards.add(forward, &gateways.directory).await?;
     }
-    Ok(Gateways { nat, ..gateways })
+    Ok(Gateways {
+        nat,
+        cluster,
+        ..gateways
+    })
 }
 
 /// The `--listen` certificate, when TLS is on.
@@ -243,6 +264,7 @@ impl Relay {
             wisp: wisp.clone(),
             upstream: gateways.upstream.clone(),
             directory: gateways.directory.clone(),
+            cluster: gateways.cluster.clone(),
         });
         serve_clients(&servers, listener, tls.clone(), app.clone());
         let reloader = Arc::new(Reloader {
@@ -264,6 +286,7 @@ impl Relay {
                     webtransport: webtransport_shared.stats.clone(),
                     webrtc: webrtc.clone(),
                     wisp: wisp.stats.clone(),
+                    cluster: gateways.cluster.clone(),
                 };
                 let admin = admin::AdminState {
                     ctx: ctx.clone(),
@@ -273,6 +296,7 @@ impl Relay {
                     forwards: gateways.forwards.clone(),
                     token: ctx.config().server.admin_token.clone(),
                     listen: addr,
+                    cluster: gateways.cluster.clone(),
                 };
                 Some(serve_metrics(&servers, &ctx, addr, sources, admin).await?)
             }
@@ -309,6 +333,11 @@ impl Relay {
     /// configured grace period. Returns false when clients were still open at the deadline.
     pub async fn shutdown(self) -> bool {
         let ctx = &self.app.ctx;
+        if let Some(cluster) = &self.app.cluster
+            && ctx.config().cluster.drain_on_stop
+        {
+            cluster.drain(ctx.config().shutdown_grace()).await;
+        }
         ctx.shutdown.cancel();
         ctx.tasks.close();
         let grace = ctx.config().shutdown_grace();

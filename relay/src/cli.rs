@@ -182,6 +182,13 @@ pub struct ServeArgs {
     /// Serve the CORS proxy for v86's fetch backend at /cors/ (`[cors] enabled`).
     #[arg(long, env = "V86_RELAY_CORS_PROXY")]
     pub cors_proxy: bool,
+    /// Join a relay cluster through these NATS servers, comma-separated
+    /// (`[cluster] nats_urls`, docs/cluster.md). [default: no cluster]
+    #[arg(long, env = "V86_RELAY_CLUSTER_NATS", value_delimiter = ',')]
+    pub cluster_nats: Vec<String>,
+    /// This node's name in the cluster (`[cluster] node_name`). [default: the host name]
+    #[arg(long, env = "V86_RELAY_NODE_NAME")]
+    pub node_name: Option<String>,
 }
 
 impl ServeArgs {
@@ -256,6 +263,12 @@ impl ServeArgs {
         }
         if args.cors_proxy {
             config.cors.enabled = true;
+        }
+        if !args.cluster_nats.is_empty() {
+            config.cluster.nats_urls = args.cluster_nats.clone();
+        }
+        if let Some(name) = &args.node_name {
+            config.cluster.node_name = Some(name.clone());
         }
     }
 }

@@ -19,6 +19,7 @@
 pub(crate) mod admission;
 pub mod app;
 pub mod cli;
+pub(crate) mod cluster;
 pub mod config;
 pub(crate) mod forward;
 pub(crate) mod gateway_port;

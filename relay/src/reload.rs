@@ -68,6 +68,7 @@ fn keep_restart_only(new: &mut Config, old: &Config) -> Vec<&'static str> {
     keep!(new, old, kept: dhcp => "[dhcp]");
     keep!(new, old, kept: webrtc => "[webrtc]");
     keep!(new, old, kept: webtransport => "[webtransport]");
+    keep!(new, old, kept: cluster => "[cluster]");
     // TLS on or off changes what --listen speaks; a new pair of files is reloaded.
     if new.tls.enabled() != old.tls.enabled() {
         keep!(new, old, kept: tls => "tls.cert / tls.key (turning TLS on or off)");

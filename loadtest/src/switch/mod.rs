@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::report::{base_report, relay_memory};
 use crate::{
-    Args, Errors, Latency, MAX_FRAME, Report, Ws, connect, lan_url, new_histogram, read_rss_kib,
+    Args, Errors, Latency, MAX_FRAME, Report, Ws, connect, lan_url_at, new_histogram, read_rss_kib,
     secs,
 };
 
@@ -200,7 +200,11 @@ async fn connect_clients(args: &Args, n: u32, ctx: &SwitchCtx) -> (Vec<Option<Ws
     let limit = secs(args.connect_timeout);
     let mut conns = Vec::with_capacity(n as usize);
     for i in 0..n {
-        let url = lan_url(args, (i / 2) % args.lans);
+        let base = match &args.peer_url {
+            Some(peer) if i % 2 == 1 => peer,
+            _ => &args.url,
+        };
+        let url = lan_url_at(base, args, (i / 2) % args.lans);
         let sem = sem.clone();
         conns.push(tokio::spawn(async move {
             let _permit = sem.acquire().await;

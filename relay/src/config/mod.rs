@@ -4,6 +4,7 @@
 //! sans-IO crates, so every later layer can read a `Config` and none is needed to build one.
 
 mod auth;
+mod cluster;
 mod cors;
 mod nat;
 mod network;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use auth::AuthSection;
+pub use cluster::ClusterSection;
 pub use cors::CorsSection;
 pub use nat::NatSection;
 pub(crate) use nat::core_config;
@@ -60,6 +62,8 @@ pub struct Config {
     pub capture: CaptureSection,
     /// The CORS proxy at `/cors/` for v86's fetch backend (see `crate::http::cors`).
     pub cors: CorsSection,
+    /// Relay nodes sharing LANs over NATS; off unless `nats_urls` is given (docs/cluster.md).
+    pub cluster: ClusterSection,
 }
 
 /// Bandwidth limits in bytes per second; `None` is unlimited.

@@ -206,6 +206,9 @@ impl Config {
         if let Err((key, value, problem, fix)) = self.cors.validate() {
             return invalid(key, value, problem, fix);
         }
+        if let Err((key, value, problem, fix)) = self.cluster.validate() {
+            return invalid(key, value, problem, fix);
+        }
         if let Err(fix) = self.tls.paths() {
             return invalid("tls.cert / tls.key", "one of them", "incomplete", fix);
         }

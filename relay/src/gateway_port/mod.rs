@@ -46,6 +46,36 @@ pub(crate) struct GatewayHooks {
 
 impl LanHooks for GatewayHooks {
     fn lan_created(&self, registry: &Arc<LanRegistry>, lan: &Arc<Lan>) {
+        self.start(registry, lan, None);
+    }
+}
+
+/// How a cluster node runs the gateway of a LAN it owns (docs/cluster.md): it stops the
+/// gateway when the claim is lost, restores the leases the cluster kept, and hears of
+/// every lease change to store it in the cluster.
+#[derive(Debug)]
+pub(crate) struct ClusterRun {
+    pub(crate) stop: tokio_util::sync::CancellationToken,
+    /// The LAN's leases as the cluster has them (not this node's state file).
+    pub(crate) leases: Option<dhcp::LeaseSnapshot>,
+    pub(crate) published: tokio::sync::watch::Sender<Option<dhcp::LeaseSnapshot>>,
+}
+
+/// What a stopped gateway leaves behind.
+#[derive(Debug, Default)]
+pub(crate) struct GatewayExit {
+    /// NAT flows that were open (their host sockets close with the gateway).
+    pub(crate) flows_open: usize,
+}
+
+impl GatewayHooks {
+    /// Starts LAN `lan`'s gateway; `None` when its network has none.
+    pub(crate) fn start(
+        &self,
+        registry: &Arc<LanRegistry>,
+        lan: &Arc<Lan>,
+        cluster: Option<ClusterRun>,
+    ) -> Option<tokio::task::JoinHandle<GatewayExit>> {
         let name = lan.name().as_str();
         // The config's settings, a first join's MTU and a teacher's (gateway_port/settings.rs).
         let network = match self
@@ -54,19 +84,28 @@ impl LanHooks for GatewayHooks {
             .for_new_lan(&self.config, lan.name())
         {
             Ok(network) => network,
-            Err(e) => return tracing::error!(lan = %name, "no gateway: {e}"),
+            Err(e) => {
+                tracing::error!(lan = %name, "no gateway: {e}");
+                return None;
+            }
         };
         if !network.gateway_enabled {
-            return;
+            return None;
         }
         // The config was checked at start-up for every named LAN and for the defaults.
         let services = match network.services(name) {
             Ok(services) => services,
-            Err(e) => return tracing::error!(lan = %name, "no gateway: {e}"),
+            Err(e) => {
+                tracing::error!(lan = %name, "no gateway: {e}");
+                return None;
+            }
         };
         let dhcp = match dhcp::DhcpServer::new(services.dhcp) {
             Ok(dhcp) => dhcp,
-            Err(e) => return tracing::error!(lan = %name, "no gateway: {e}"),
+            Err(e) => {
+                tracing::error!(lan = %name, "no gateway: {e}");
+                return None;
+            }
         };
         let mut gateway = Gateway::new(services.gateway, dhcp, dns::DnsProxy::new(services.dns));
         let (host_events_tx, host_events) = mpsc::channel(EVENT_QUEUE);
@@ -82,7 +121,11 @@ impl LanHooks for GatewayHooks {
                 self.config.rates_for(name).unwrap_or_default().port,
             )
         });
-        if let Some(snapshot) = self.leases.get(name) {
+        let (stop, published, snapshot) = match cluster {
+            Some(run) => (Some(run.stop), Some(run.published), run.leases),
+            None => (None, None, self.leases.get(name)),
+        };
+        if let Some(snapshot) = snapshot {
             let report = gateway.restore_leases(&snapshot, Instant::now(), unix_now());
             tracing::info!(lan = %name, "restored leases: {report:?}");
         }
@@ -101,11 +144,13 @@ impl LanHooks for GatewayHooks {
             directory: self.directory.clone(),
             empty_grace: Duration::from_secs(self.config.limits.empty_lan_grace_secs),
             empty_since: None,
+            stop: stop.unwrap_or_default(),
+            published,
         };
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         self.directory.register(lan.name(), commands_tx);
         self.directory.settings.started(lan.name(), &network);
-        tokio::spawn(driver.run(queue, host_events, commands));
+        Some(tokio::spawn(driver.run(queue, host_events, commands)))
     }
 }
 
@@ -132,6 +177,10 @@ struct GatewayDriver {
     empty_grace: Duration,
     /// When the last client left.
     empty_since: Option<Instant>,
+    /// Cancelled when this node no longer owns the LAN (cluster); never otherwise.
+    stop: tokio_util::sync::CancellationToken,
+    /// Where a cluster node hears of lease changes.
+    published: Option<tokio::sync::watch::Sender<Option<dhcp::LeaseSnapshot>>>,
 }
 
 /// Frames handled before the gateway's output is drained.
@@ -150,7 +199,7 @@ impl GatewayDriver {
         mut queue: PortReceiver,
         mut host_events: mpsc::Receiver<HostEvent>,
         mut commands: mpsc::Receiver<GatewayCommand>,
-    ) {
+    ) -> GatewayExit {
         let lan = self.port.lan().clone();
         let (answers_tx, mut answers) = mpsc::channel(UPSTREAM_CHANNEL);
         let check_every = self
@@ -165,6 +214,7 @@ impl GatewayDriver {
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 _ = lan.removed() => break,
+                _ = self.stop.cancelled() => break,
                 frame = queue.recv() => match frame {
                     Some(frame) => {
                         let now = Instant::now();
@@ -196,6 +246,9 @@ impl GatewayDriver {
         self.directory.unregister(self.port.lan_name());
         self.publish_leases();
         self.stats.retire(self.stats_id);
+        GatewayExit {
+            flows_open: self.gateway.nat().map_or(0, |nat| nat.flows().count()),
+        }
     }
 
     /// Sends what the gateway produced and starts its upstream lookups.
@@ -303,6 +356,9 @@ impl GatewayDriver {
 
     fn publish_leases(&self) {
         let snapshot = self.gateway.dhcp().snapshot(Instant::now(), unix_now());
+        if let Some(published) = &self.published {
+            published.send_replace(Some(snapshot.clone()));
+        }
         self.leases.put(self.port.lan_name().as_str(), snapshot);
     }
 

@@ -54,11 +54,15 @@ pub(crate) struct AdminState {
     pub(crate) token: Option<String>,
     /// The metrics listener's address: without a token, only loopback may use the API.
     pub(crate) listen: SocketAddr,
+    /// This node's part of the cluster, with `[cluster]`.
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 pub(crate) fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/admin/lans", get(list_lans))
+        .route("/admin/cluster", get(cluster_view))
+        .route("/admin/drain", post(drain))
         .route("/admin/forwards", get(list_forwards).post(add_forward))
         .route("/admin/forwards/{id}", delete(remove_forward))
         .route("/admin/tokens", post(mint_token))
@@ -242,4 +246,40 @@ async fn reload(State(state): State<Arc<AdminState>>) -> Response {
         Ok(Err(problem)) => error(StatusCode::UNPROCESSABLE_ENTITY, problem),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the reload task failed"),
     }
+}
+
+/// `GET /admin/cluster`: this node, the cluster's LAN claims (owner and epoch of each),
+/// and this node's role in each of its LANs with its remote ports.
+async fn cluster_view(State(state): State<Arc<AdminState>>) -> Response {
+    let Some(cluster) = &state.cluster else {
+        return (
+            StatusCode::NOT_FOUND,
+            "no [cluster]: this relay runs alone (docs/cluster.md)\n",
+        )
+            .into_response();
+    };
+    Json(cluster.view().await).into_response()
+}
+
+/// `POST /admin/drain`: hands this node's LANs to other nodes with their leases, then
+/// closes its clients with 1001 (they reconnect through the balancer elsewhere) and stops
+/// serving. Stop the process afterwards.
+async fn drain(State(state): State<Arc<AdminState>>) -> Response {
+    let Some(cluster) = &state.cluster else {
+        return (
+            StatusCode::NOT_FOUND,
+            "no [cluster]: nothing to hand over; stop the relay with SIGTERM\n",
+        )
+            .into_response();
+    };
+    let started = std::time::Instant::now();
+    cluster.drain(state.ctx.config().shutdown_grace()).await;
+    let view = cluster.view().await;
+    state.ctx.shutdown.cancel();
+    Json(json!({
+        "drained": true,
+        "seconds": started.elapsed().as_secs_f64(),
+        "cluster": view,
+    }))
+    .into_response()
 }

@@ -30,6 +30,7 @@ pub(crate) struct Sources {
     pub(crate) webtransport: Arc<WebTransportStats>,
     pub(crate) webrtc: Option<Arc<WebRtc>>,
     pub(crate) wisp: Arc<WispStats>,
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The registry behind `/metrics`.
@@ -44,7 +45,11 @@ pub(crate) fn registry(sources: Sources) -> Registry {
         webtransport,
         webrtc,
         wisp,
+        cluster,
     } = sources;
+    if let Some(cluster) = cluster {
+        registry.register_collector(Box::new(TableCollector(move || cluster.families())));
+    }
     registry.register_collector(Box::new(TableCollector(move || {
         let mut families = relay_families(&lans);
         families.extend(gateways.families(&gateway_totals));

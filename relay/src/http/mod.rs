@@ -57,6 +57,8 @@ pub(crate) struct AppState {
     pub(crate) upstream: Upstream,
     /// The gateways' directory: a first join's `?mtu=` goes to its LAN settings.
     pub(crate) directory: Arc<GatewayDirectory>,
+    /// This node's part of the cluster, with `[cluster]` (`/healthz` reports NATS).
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Everything on `--listen`.
@@ -66,7 +68,7 @@ pub(crate) fn client_router(app: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(join))
         .route("/lan/{name}", get(join))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .merge(demo::router(&app))
         .route("/net/info", get(net_info::handler))
         .route("/net/packets", get(packets::handler))
@@ -75,6 +77,22 @@ pub(crate) fn client_router(app: Arc<AppState>) -> Router {
         .with_state(app)
         .merge(offers)
         .merge(wisp)
+}
+
+/// `GET /healthz`: ok; with `[cluster]`, 503 while NATS is unreachable, so a balancer
+/// sends clients to a node that can reach the LANs' owners.
+async fn healthz(State(app): State<Arc<AppState>>) -> Response {
+    match &app.cluster {
+        None => "ok\n".into_response(),
+        Some(cluster) if cluster.connected() => {
+            format!("ok\nnats: connected\nnode: {}\n", cluster.node).into_response()
+        }
+        Some(cluster) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("nats: disconnected\nnode: {}\n", cluster.node),
+        )
+            .into_response(),
+    }
 }
 
 /// `GET /` and `GET /lan/NAME`: a WebSocket upgrade joins that LAN; a plain `GET /` is the

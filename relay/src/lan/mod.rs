@@ -97,6 +97,16 @@ pub(crate) trait LanHooks: Send + Sync + fmt::Debug {
     fn lan_created(&self, registry: &Arc<LanRegistry>, lan: &Arc<Lan>);
 }
 
+/// Where the ports of a LAN that another cluster node owns send their frames (the cluster
+/// bus, docs/cluster.md). A later layer (`cluster`) implements it; while a LAN has one, its
+/// switch is not used: the owner switches.
+pub(crate) trait Uplink: Send + Sync + fmt::Debug {
+    /// A frame from local port `port`; false when the bus queue was full and it was dropped.
+    fn send(&self, port: PortId, frame: bytes::Bytes) -> bool;
+    /// Local port `port` left.
+    fn left(&self, port: PortId);
+}
+
 /// Every LAN of the relay.
 #[derive(Debug)]
 pub(crate) struct LanRegistry {
@@ -136,6 +146,8 @@ struct LanState {
     shaper: shaping::Shaper,
     ports: HashMap<PortId, PortOutput>,
     clients: usize,
+    /// Set while another cluster node owns this LAN.
+    uplink: Option<Arc<dyn Uplink>>,
 }
 
 /// Where the switch puts a port's frames.
@@ -248,6 +260,43 @@ impl LanRegistry {
         Ok((port, rx))
     }
 
+    /// A client port on LAN `lan` as it is now, never creating one (the owner's port for a
+    /// client of another cluster node). `None` when the LAN is gone or full.
+    pub(crate) fn join_existing(
+        self: &Arc<Self>,
+        lan: &Arc<Lan>,
+        transport: Transport,
+    ) -> Option<(Port, PortReceiver)> {
+        let lans = lock(&self.lans);
+        if !lans.get(&lan.name).is_some_and(|l| Arc::ptr_eq(l, lan)) {
+            return None;
+        }
+        let mut state = lock(&lan.state);
+        if state.clients >= self.limits.max_ports_per_lan {
+            return None;
+        }
+        state.clients += 1;
+        drop(state);
+        self.connections.fetch_add(1, Relaxed);
+        drop(lans);
+        let rate = self.rates(&lan.name).port;
+        let joined = self.attach_shaped(lan, transport, rate);
+        self.totals.connections_opened[transport.index()].fetch_add(1, Relaxed);
+        Some(joined)
+    }
+
+    /// LAN `name`, if it exists.
+    pub(crate) fn get(&self, name: &LanName) -> Option<Arc<Lan>> {
+        lock(&self.lans).get(name).cloned()
+    }
+
+    /// The service that kept `lan` (its gateway) stopped without removing it: the LAN now
+    /// goes with its last client, or now if it has none.
+    pub(crate) fn release_service(&self, lan: &Arc<Lan>) {
+        lan.kept_by_service.store(false, Relaxed);
+        self.remove_if_idle(lan);
+    }
+
     fn create(
         self: &Arc<Self>,
         lans: &mut HashMap<LanName, Arc<Lan>>,
@@ -261,6 +310,7 @@ impl LanRegistry {
                 shaper: shaping::Shaper::new(self.rates(name).lan, Instant::now()),
                 ports: HashMap::new(),
                 clients: 0,
+                uplink: None,
             }),
             removed: tokio_util::sync::CancellationToken::new(),
             idle: tokio::sync::Notify::new(),
@@ -346,6 +396,11 @@ impl LanRegistry {
         let mut state = lock(&port.lan().state);
         state.switch.remove_port(port.id());
         state.ports.remove(&port.id());
+        if let Some(uplink) = &state.uplink
+            && port.transport().is_client()
+        {
+            uplink.left(port.id());
+        }
         self.totals.retire(port.transport(), port.counters());
         if !port.transport().is_client() {
             return;
@@ -413,6 +468,51 @@ impl Lan {
 
     pub(crate) fn client_count(&self) -> usize {
         lock(&self.state).clients
+    }
+
+    /// Another cluster node owns this LAN from now on (`Some`): local ports' frames go to
+    /// the uplink; or this node does again (`None`): the local switch takes them.
+    pub(crate) fn set_uplink(&self, uplink: Option<Arc<dyn Uplink>>) {
+        lock(&self.state).uplink = uplink;
+    }
+
+    pub(crate) fn has_uplink(&self) -> bool {
+        lock(&self.state).uplink.is_some()
+    }
+
+    /// A frame from the owner node for local port `port` (cluster egress); false when the
+    /// port is gone or its queue was full (counted as for a switched frame).
+    pub(crate) fn deliver_to(
+        &self,
+        registry: &LanRegistry,
+        port: PortId,
+        frame: bytes::Bytes,
+    ) -> bool {
+        let state = lock(&self.state);
+        let Some(output) = state.ports.get(&port) else {
+            return false;
+        };
+        match output.queue.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                output.counters.queue_drops.fetch_add(1, Relaxed);
+                registry
+                    .totals
+                    .count_drop(crate::shared::DropReason::QueueFull);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// The ports of this node's clients on this LAN.
+    pub(crate) fn client_ports(&self) -> Vec<PortId> {
+        lock(&self.state)
+            .ports
+            .iter()
+            .filter(|(_, o)| o.transport.is_client() && o.transport != Transport::Cluster)
+            .map(|(id, _)| *id)
+            .collect()
     }
 }
 

@@ -91,6 +91,14 @@ impl Port {
             return;
         }
         let mut state = lock(&self.lan.state);
+        if let Some(uplink) = state.uplink.clone() {
+            // Another node owns the LAN and switches for it (docs/cluster.md).
+            drop(state);
+            if !uplink.send(self.id, frame) {
+                self.count_drop(DropReason::BusFull);
+            }
+            return;
+        }
         let frame = self.translate_from_client(&state, frame);
         self.lan.tap(self.id, self.transport, now, &frame);
         match state.switch.handle_frame(now, self.id, &frame) {

@@ -29,15 +29,19 @@ labels::label_enum! {
         Gateway => "gateway",
         /// A Wisp session at `/wisp/`: streams to the internet, not a port of any LAN.
         Wisp => "wisp",
+        /// On a LAN's owner node, the port of a client connected to another relay node:
+        /// its frames come and go over the cluster bus (docs/cluster.md).
+        Cluster => "cluster",
     }
 }
 
 impl Transport {
     /// Client transports, as metric labels (the gateway port is not a client).
-    pub(crate) const CLIENTS: [Transport; 3] = [
+    pub(crate) const CLIENTS: [Transport; 4] = [
         Transport::WebSocket,
         Transport::WebTransport,
         Transport::WebRtc,
+        Transport::Cluster,
     ];
 
     /// A port of a LAN that a client connection owns (not the gateway; Wisp sessions are
@@ -71,6 +75,9 @@ labels::label_enum! {
         SamePort => "same_port",
         /// The switch refused it: the port had already left.
         UnknownPort => "unknown_port",
+        /// A frame of a port whose LAN another node owns: the queue to the cluster bus
+        /// was full (docs/cluster.md).
+        BusFull => "bus_full",
     }
 }
 

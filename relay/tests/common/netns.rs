@@ -153,9 +153,17 @@ pub fn start_relay_bin(bin: &str, extra: &[&str]) -> (Proc, u16) {
         .expect("start relay");
     let proc = Proc(child);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(&listen).is_err() {
-        assert!(Instant::now() < deadline, "relay did not start");
-        std::thread::sleep(Duration::from_millis(50));
+    // The metrics listener (admin API) binds a little after the client one.
+    let metrics = extra
+        .iter()
+        .position(|a| *a == "--metrics-listen")
+        .and_then(|i| extra.get(i + 1))
+        .filter(|addr| **addr != "off");
+    for addr in std::iter::once(listen.as_str()).chain(metrics.copied()) {
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "relay did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     (proc, port)
 }
