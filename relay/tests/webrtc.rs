@@ -338,6 +338,62 @@ async fn a_burst_of_1000_frames_mostly_arrives_both_ways() {
     relay.shutdown().await;
 }
 
+/// A browser that stops acknowledging (a frozen tab): the relay holds its frames up to the
+/// SCTP buffer, then drops them, counted under `send_buffer_full` for WebRTC.
+#[tokio::test]
+async fn frames_for_a_browser_that_stops_acknowledging_are_counted_as_lost() {
+    let mut config = rtc_config();
+    config.webrtc.sctp_send_buffer_bytes = 64 * 1024;
+    config.webrtc.send_window_bytes = 16 * 1024;
+    config.limits.port_queue_frames = 4096;
+    let relay = start(config).await;
+    let mut rtc = RtcClient::connect(&relay, "frozen").await;
+    let mut ws = connect(&relay, "/lan/frozen").await;
+    rtc.send(frame(BROADCAST, mac(1), 60, 0)).await;
+    recv(&mut ws, LONG).await.unwrap();
+    send(&mut ws, frame(BROADCAST, mac(2), 60, 0)).await;
+    rtc.recv(LONG).await.unwrap();
+    // The tab stops: no more SACKs, no more reads.
+    rtc.task.abort();
+
+    const N: u32 = 200;
+    use futures_util::SinkExt;
+    for i in 0..N {
+        ws.feed(tokio_tungstenite::tungstenite::Message::Binary(frame(
+            mac(1),
+            mac(2),
+            1400,
+            i,
+        )))
+        .await
+        .unwrap();
+    }
+    ws.flush().await.unwrap();
+    let lost = "v86_relay_frames_lost_total{transport=\"webrtc\",reason=\"send_buffer_full\"}";
+    // 16 KiB in flight plus 64 KiB waiting: about 57 of the 200 frames fit, the rest are lost.
+    eventually("the lost frames are counted", || async {
+        metric_now(&relay, lost).await >= u64::from(N) / 2
+    })
+    .await;
+    let text = scrape(&relay).await;
+    let lost = metric(&text, lost);
+    let sent = metric(&text, "v86_relay_frames_sent_total{transport=\"webrtc\"}");
+    eprintln!("to a frozen tab: {sent} frames taken, {lost} lost");
+    assert_eq!(
+        sent + lost,
+        u64::from(N) + 1,
+        "every frame is either taken or counted as lost"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "v86_relay_frames_dropped_total{reason=\"send_buffer_full\"}"
+        ),
+        lost
+    );
+    relay.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_peer_that_never_connects_is_removed() {
     let mut config = rtc_config();

@@ -98,6 +98,8 @@ pub struct WebRtcSection {
     pub connect_timeout_secs: u64,
     pub max_pending: usize,
     pub sctp_send_buffer_bytes: usize,
+    /// Unacknowledged bytes per browser before the relay holds its frames in the port queue.
+    pub send_window_bytes: usize,
     pub socket_buffer_bytes: usize,
 }
 
@@ -110,6 +112,9 @@ impl Default for WebRtcSection {
             max_pending: 256,
             // Measured: at 128 KiB (str0m's default) half of a 1000-frame burst was lost.
             sctp_send_buffer_bytes: 4 << 20,
+            // Measured (docs/benchmarks.md, "Transports as a guest sees them"): under
+            // Chromium's 128 KiB UDP receive buffer, so a burst never overflows it.
+            send_window_bytes: 32 << 10,
             socket_buffer_bytes: 4 << 20,
         }
     }

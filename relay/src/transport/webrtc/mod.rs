@@ -186,6 +186,7 @@ fn gateway_config(config: &Config) -> GatewayConfig {
         connect_timeout: Duration::from_secs(config.webrtc.connect_timeout_secs),
         max_pending: config.webrtc.max_pending,
         sctp_send_buffer: config.webrtc.sctp_send_buffer_bytes,
+        send_window: config.webrtc.send_window_bytes,
         max_message_size: u32::try_from(config.limits.max_frame_size).unwrap_or(u32::MAX),
     }
 }
