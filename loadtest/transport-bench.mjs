@@ -161,7 +161,7 @@ try {
   console.log(`cold boot and state save: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   for (let r = 0; r < rounds; r++) {
     const order = only.map((_, i) => only[(i + r) % only.length]);
-    for (const t of order) results.push(await measure(t));
+    for (const t of order) results.push({ round: r, ...(await measure(t)) });
   }
 } catch (e) {
   code = 1;
@@ -177,9 +177,17 @@ const fmt = (x, d = 1) => (x == null ? "-" : x.toFixed(d));
 const frames = (rows, phase, name, t) =>
   median(rows.map((r) => r[phase][`v86_relay_${name}_total{transport="${t}"}`] || 0));
 const base = results.filter((r) => r.transport === "websocket");
-const baseDl = median(base.map((r) => r.download_mbit));
-const baseUl = median(base.map((r) => r.upload_mbit));
-console.log(`\n${bytes / 1048576} MiB each way, ${rounds} round(s), medians; frames = relay's frames_sent / frames_received during the transfer\n`);
+// A ratio compares a transport with WebSocket in the same round (the machine's load moves
+// between rounds more than between transports of one round).
+const ratios = (t, key) =>
+  results
+    .filter((r) => r.transport === t)
+    .map((r) => {
+      const ws = base.find((b) => b.round === r.round);
+      return ws ? r[key] / ws[key] : null;
+    })
+    .filter((x) => x != null);
+console.log(`\n${bytes / 1048576} MiB each way, ${rounds} round(s); Mbit/s are medians; "x WebSocket" is each round's ratio to WebSocket in that round; frames = relay's frames_sent / frames_received during the transfer (medians)\n`);
 console.log("| transport | download Mbit/s | x WebSocket | upload Mbit/s | x WebSocket | ping ms | download frames sent / received | upload frames sent / received | losses counted |");
 console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
 for (const t of only) {
@@ -196,7 +204,9 @@ for (const t of only) {
     }
   }
   console.log(
-    `| ${t} | ${fmt(dl)} | ${baseDl ? fmt(dl / baseDl, 2) : "-"} | ${fmt(ul)} | ${baseUl ? fmt(ul / baseUl, 2) : "-"} | ${fmt(
+    `| ${t} | ${fmt(dl)} | ${ratios(t, "download_mbit").map((x) => fmt(x, 2)).join(" / ") || "-"} | ${fmt(ul)} | ${
+      ratios(t, "upload_mbit").map((x) => fmt(x, 2)).join(" / ") || "-"
+    } | ${fmt(
       median(rows.map((r) => r.ping_ms)),
       2,
     )} | ${frames(rows, "download", "frames_sent", t)} / ${frames(rows, "download", "frames_received", t)} | ${frames(
