@@ -301,8 +301,9 @@ async function openWebSocket(info, onFrame) {
 
 const OPENERS = { webtransport: openWebTransport, webrtc: openWebRtc, websocket: openWebSocket };
 // By what a guest gets (loadtest/transport-bench.sh, docs/benchmarks.md): WebSocket
-// downloads fastest, WebRTC comes close (0.94x) and uploads as fast, WebTransport trails
-// (0.65x to 0.8x in most runs). Each is only tried if the one before fails.
+// downloads fastest in every run; WebRTC and WebTransport download at 0.6x to 0.95x of it
+// and upload about as fast, neither ahead of the other in every run. Each is only tried if
+// the one before fails.
 const AUTO_ORDER = ["websocket", "webrtc", "webtransport"];
 
 /**

@@ -55,7 +55,7 @@ impl Default for GatewayConfig {
             connect_timeout: Duration::from_secs(20),
             max_pending: 256,
             sctp_send_buffer: 4 << 20,
-            send_window: 32 << 10,
+            send_window: 48 << 10,
             max_message_size: 65535 + 14,
         }
     }

@@ -127,7 +127,7 @@ impl Default for WebRtcSection {
             sctp_send_buffer_bytes: 4 << 20,
             // Measured (docs/benchmarks.md, "Transports as a guest sees them"): under
             // Chromium's 128 KiB UDP receive buffer, so a burst never overflows it.
-            send_window_bytes: 32 << 10,
+            send_window_bytes: 48 << 10,
             socket_buffer_bytes: 4 << 20,
         }
     }
