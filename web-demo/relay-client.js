@@ -300,12 +300,16 @@ async function openWebSocket(info, onFrame) {
 }
 
 const OPENERS = { webtransport: openWebTransport, webrtc: openWebRtc, websocket: openWebSocket };
-const AUTO_ORDER = ["webtransport", "webrtc", "websocket"];
+// By what a guest gets (loadtest/transport-bench.sh, docs/benchmarks.md): WebSocket
+// downloads fastest in every run; WebRTC and WebTransport download at 0.6x to 0.95x of it
+// and upload about as fast, neither ahead of the other in every run. Each is only tried if
+// the one before fails.
+const AUTO_ORDER = ["websocket", "webrtc", "webtransport"];
 
 /**
  * Connects `emulator` to LAN `lan` of the relay at `relay`. Resolves once the first transport
  * is up; reconnects with exponential backoff (0.5 s to 10 s) after a drop.
- * options.transport: "auto" (WebTransport, then WebRTC, then WebSocket) or one of them.
+ * options.transport: "auto" (WebSocket, then WebRTC, then WebTransport) or one of them.
  */
 export async function connect(emulator, options = {}) {
   const relay = options.relay || location.origin;

@@ -211,6 +211,34 @@ impl RtcClient {
     }
 }
 
+/// Two clients of one LAN that know each other: the WebRTC one is mac(1), the WebSocket
+/// one mac(2).
+async fn pair(relay: &Relay, lan: &str) -> (RtcClient, Ws) {
+    let mut rtc = RtcClient::connect(relay, lan).await;
+    let mut ws = connect(relay, &format!("/lan/{lan}")).await;
+    rtc.send(frame(BROADCAST, mac(1), 60, 0)).await;
+    recv(&mut ws, LONG).await.unwrap();
+    send(&mut ws, frame(BROADCAST, mac(2), 60, 0)).await;
+    rtc.recv(LONG).await.unwrap();
+    (rtc, ws)
+}
+
+/// `n` 1400-byte frames from the WebSocket client to the WebRTC one, as fast as it goes.
+async fn burst(ws: &mut Ws, n: u32) {
+    use futures_util::SinkExt;
+    for i in 0..n {
+        ws.feed(tokio_tungstenite::tungstenite::Message::Binary(frame(
+            mac(1),
+            mac(2),
+            1400,
+            i,
+        )))
+        .await
+        .unwrap();
+    }
+    ws.flush().await.unwrap();
+}
+
 fn webrtc_addr(relay: &Relay) -> SocketAddr {
     relay.webrtc_addr.expect("webrtc on")
 }
@@ -291,26 +319,10 @@ async fn a_burst_of_1000_frames_mostly_arrives_both_ways() {
     let mut config = rtc_config();
     config.limits.port_queue_frames = 2048;
     let relay = start(config).await;
-    let mut rtc = RtcClient::connect(&relay, "burst").await;
-    let mut ws = connect(&relay, "/lan/burst").await;
-    rtc.send(frame(BROADCAST, mac(1), 60, 0)).await;
-    recv(&mut ws, LONG).await.unwrap();
-    send(&mut ws, frame(BROADCAST, mac(2), 60, 0)).await;
-    rtc.recv(LONG).await.unwrap();
+    let (mut rtc, mut ws) = pair(&relay, "burst").await;
 
     const N: u32 = 1000;
-    use futures_util::SinkExt;
-    for i in 0..N {
-        ws.feed(tokio_tungstenite::tungstenite::Message::Binary(frame(
-            mac(1),
-            mac(2),
-            1400,
-            i,
-        )))
-        .await
-        .unwrap();
-    }
-    ws.flush().await.unwrap();
+    burst(&mut ws, N).await;
     let mut to_rtc = 0;
     while to_rtc < N && rtc.recv(Duration::from_secs(1)).await.is_some() {
         to_rtc += 1;
@@ -335,6 +347,46 @@ async fn a_burst_of_1000_frames_mostly_arrives_both_ways() {
     assert!(to_rtc >= N * 9 / 10, "WebSocket -> WebRTC: {to_rtc} of {N}");
     assert!(to_ws >= N * 9 / 10, "WebRTC -> WebSocket: {to_ws} of {N}");
     rtc.close().await;
+    relay.shutdown().await;
+}
+
+/// A browser that stops acknowledging (a frozen tab): the relay holds its frames up to the
+/// SCTP buffer, then drops them, counted under `send_buffer_full` for WebRTC.
+#[tokio::test]
+async fn frames_for_a_browser_that_stops_acknowledging_are_counted_as_lost() {
+    let mut config = rtc_config();
+    config.webrtc.sctp_send_buffer_bytes = 64 * 1024;
+    config.webrtc.send_window_bytes = 16 * 1024;
+    config.limits.port_queue_frames = 4096;
+    let relay = start(config).await;
+    let (rtc, mut ws) = pair(&relay, "frozen").await;
+    // The tab stops: no more SACKs, no more reads.
+    rtc.task.abort();
+
+    const N: u32 = 200;
+    burst(&mut ws, N).await;
+    let lost = "v86_relay_frames_lost_total{transport=\"webrtc\",reason=\"send_buffer_full\"}";
+    // 16 KiB in flight plus 64 KiB waiting: about 57 of the 200 frames fit, the rest are lost.
+    eventually("the lost frames are counted", || async {
+        metric_now(&relay, lost).await >= u64::from(N) / 2
+    })
+    .await;
+    let text = scrape(&relay).await;
+    let lost = metric(&text, lost);
+    let sent = metric(&text, "v86_relay_frames_sent_total{transport=\"webrtc\"}");
+    eprintln!("to a frozen tab: {sent} frames taken, {lost} lost");
+    assert_eq!(
+        sent + lost,
+        u64::from(N) + 1,
+        "every frame is either taken or counted as lost"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "v86_relay_frames_dropped_total{reason=\"send_buffer_full\"}"
+        ),
+        lost
+    );
     relay.shutdown().await;
 }
 

@@ -40,6 +40,11 @@ pub struct GatewayConfig {
     pub max_pending: usize,
     /// SCTP send buffer per peer. The default (128 KiB) lost half of a 1000-frame burst.
     pub sctp_send_buffer: usize,
+    /// Bytes written to a peer's DataChannel and not yet acknowledged; further frames wait
+    /// in the gateway (within `sctp_send_buffer`) until acknowledgements make room. SCTP has
+    /// no pacing: it sends its whole congestion window at once, and a browser's UDP socket
+    /// (Chromium's holds 128 KiB) drops what does not fit.
+    pub send_window: usize,
     /// Largest message accepted from a browser (the relay's frame limit).
     pub max_message_size: u32,
 }
@@ -50,6 +55,7 @@ impl Default for GatewayConfig {
             connect_timeout: Duration::from_secs(20),
             max_pending: 256,
             sctp_send_buffer: 4 << 20,
+            send_window: 48 << 10,
             max_message_size: 65535 + 14,
         }
     }
@@ -72,6 +78,9 @@ pub enum Event {
     Open(PeerId),
     /// One Ethernet frame from the peer.
     Frame(PeerId, Vec<u8>),
+    /// The peer went away with this many frames still waiting for its send window: they
+    /// are lost (comes just before [`Event::Closed`]).
+    Unsent(PeerId, usize),
     /// The peer is gone; it is forgotten and its id never comes back.
     Closed(PeerId, CloseReason),
 }
@@ -154,6 +163,9 @@ struct Peer {
     /// When str0m wants `handle_timeout` next.
     next_timeout: Option<Instant>,
     closed: Option<CloseReason>,
+    /// Frames waiting for the send window, oldest first, and their bytes.
+    held: VecDeque<Vec<u8>>,
+    held_bytes: usize,
 }
 
 /// Every browser peer of the relay, on one UDP socket.
@@ -269,6 +281,8 @@ impl Gateway {
                 connect_deadline: Some(now + self.config.connect_timeout),
                 next_timeout: None,
                 closed: None,
+                held: VecDeque::new(),
+                held_bytes: 0,
             },
         );
         self.drain(id);
@@ -336,19 +350,28 @@ impl Gateway {
             self.stats.not_open_drops.fetch_add(1, Relaxed);
             return SendOutcome::NotOpen;
         };
-        let Some(channel) = p.channel.and_then(|id| p.rtc.channel(id)) else {
+        if p.channel.and_then(|id| p.rtc.channel(id)).is_none() {
             self.stats.not_open_drops.fetch_add(1, Relaxed);
             return SendOutcome::NotOpen;
-        };
-        let mut channel = channel;
-        let written = catch_unwind(AssertUnwindSafe(|| channel.write(true, frame)));
-        let outcome = match written {
-            Ok(Ok(true)) => SendOutcome::Sent,
-            Ok(Ok(false)) => {
+        }
+        // Behind the send window (or behind frames already waiting for it), a frame waits
+        // here, bounded like the SCTP buffer it would otherwise fill.
+        if !p.held.is_empty() || buffered(p) >= self.config.send_window {
+            if p.held_bytes + frame.len() > self.config.sctp_send_buffer {
+                self.stats.buffer_drops.fetch_add(1, Relaxed);
+                return SendOutcome::BufferFull;
+            }
+            p.held_bytes += frame.len();
+            p.held.push_back(frame.to_vec());
+            return SendOutcome::Sent;
+        }
+        let outcome = match write(p, frame) {
+            Some(true) => SendOutcome::Sent,
+            Some(false) => {
                 self.stats.buffer_drops.fetch_add(1, Relaxed);
                 SendOutcome::BufferFull
             }
-            _ => {
+            None => {
                 self.fail(peer);
                 SendOutcome::NotOpen
             }
@@ -428,6 +451,26 @@ impl Gateway {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
+        // Acknowledgements arrive as input, and every input ends here: frames waiting for
+        // the send window go now if it has room.
+        while !peer.held.is_empty() && buffered(peer) < self.config.send_window {
+            let Some(frame) = peer.held.pop_front() else {
+                break;
+            };
+            peer.held_bytes -= frame.len();
+            match write(peer, &frame) {
+                Some(true) => {}
+                Some(false) => {
+                    self.stats.buffer_drops.fetch_add(1, Relaxed);
+                }
+                None => {
+                    self.stats.failures.fetch_add(1, Relaxed);
+                    peer.closed.get_or_insert(CloseReason::Failed);
+                    peer.rtc.disconnect();
+                    break;
+                }
+            }
+        }
         loop {
             if !peer.rtc.is_alive() {
                 peer.closed.get_or_insert(CloseReason::Disconnected);
@@ -494,8 +537,35 @@ impl Gateway {
                 self.by_addr.remove(addr);
             }
         }
+        if !peer.held.is_empty() {
+            self.events.push_back(Event::Unsent(id, peer.held.len()));
+        }
         self.events.push_back(Event::Closed(id, reason));
     }
+}
+
+/// Writes one frame to the peer's DataChannel: `Some(false)` when its SCTP buffer is full,
+/// `None` when the WebRTC stack failed.
+fn write(peer: &mut Peer, frame: &[u8]) -> Option<bool> {
+    let id = peer.channel?;
+    let written = catch_unwind(AssertUnwindSafe(|| {
+        peer.rtc.channel(id).map(|mut c| c.write(true, frame))
+    }));
+    match written {
+        Ok(Some(Ok(sent))) => Some(sent),
+        _ => None,
+    }
+}
+
+/// Bytes written to the peer's DataChannel and not yet acknowledged.
+fn buffered(peer: &mut Peer) -> usize {
+    let Some(id) = peer.channel else {
+        return 0;
+    };
+    catch_unwind(AssertUnwindSafe(|| {
+        peer.rtc.channel(id).map_or(0, |mut c| c.buffered_amount())
+    }))
+    .unwrap_or(0)
 }
 
 /// An error's text, cut: it may echo untrusted input.

@@ -197,6 +197,39 @@ fn frames_cross_a_datachannel_both_ways() {
 }
 
 #[test]
+fn frames_beyond_the_send_window_wait_and_all_arrive() {
+    let (mut gw, mut client, peer, mut now) = connected();
+    for i in 0..100u8 {
+        assert_eq!(gw.send_frame(peer, &[i; 1400]), SendOutcome::Sent);
+    }
+    // Nothing is acknowledged yet: one window (and the frame that crossed it) went out, not
+    // 140 KB at once into the browser's socket.
+    let burst: Vec<Transmit> = std::iter::from_fn(|| gw.poll_transmit()).collect();
+    let bytes: usize = burst.iter().map(|t| t.contents.len()).sum();
+    let window = GatewayConfig::default().send_window;
+    assert!(
+        bytes < window + 4 * 1500,
+        "{bytes} bytes in the first burst"
+    );
+    for t in burst {
+        let input = Input::Receive(
+            now,
+            Receive::new(Protocol::Udp, GW, CLIENT, &t.contents).unwrap(),
+        );
+        client.rtc.handle_input(input).unwrap();
+    }
+    // Acknowledgements release the rest, every frame once.
+    let mut events = vec![];
+    run(&mut gw, &mut client, &mut events, &mut now, |_, c, _| {
+        c.received.len() == 100
+    });
+    let mut got: Vec<u8> = client.received.iter().map(|f| f[0]).collect();
+    got.sort();
+    assert_eq!(got, (0..100).collect::<Vec<u8>>());
+    assert_eq!(gw.stats.buffer_drops.load(Relaxed), 0);
+}
+
+#[test]
 fn a_peer_that_never_connects_times_out() {
     let now = Instant::now();
     let mut gw = Gateway::new(GatewayConfig::default()).unwrap();

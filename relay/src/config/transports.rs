@@ -50,6 +50,8 @@ pub struct WebTransportConfig {
     pub cert_rotation_secs: u64,
     /// Most bytes one session may hold in incomplete fragmented frames.
     pub max_reassembly_bytes: usize,
+    /// UDP socket send and receive buffers.
+    pub socket_buffer_bytes: usize,
 }
 
 impl Default for WebTransportConfig {
@@ -58,6 +60,9 @@ impl Default for WebTransportConfig {
             listen: WebTransportListen::SameAsListen,
             cert_rotation_secs: 5 * 24 * 3600,
             max_reassembly_bytes: 256 * 1024,
+            // Measured (docs/benchmarks.md, issue 16): the default 208 KiB dropped a guest's
+            // upload bursts, every lost datagram costing a whole frame.
+            socket_buffer_bytes: 4 << 20,
         }
     }
 }
@@ -83,6 +88,14 @@ impl WebTransportConfig {
                 "use 4096 to 67108864; 262144 holds several full-size jumbo frames".to_owned(),
             ));
         }
+        if !(64 * 1024..=64 << 20).contains(&self.socket_buffer_bytes) {
+            return Err((
+                "webtransport.socket_buffer_bytes",
+                self.socket_buffer_bytes.to_string(),
+                "out of range",
+                "use 65536 to 67108864; 4194304 holds a guest's bursts".to_owned(),
+            ));
+        }
         Ok(())
     }
 }
@@ -98,6 +111,8 @@ pub struct WebRtcSection {
     pub connect_timeout_secs: u64,
     pub max_pending: usize,
     pub sctp_send_buffer_bytes: usize,
+    /// Unacknowledged bytes per browser before the relay holds its frames in the port queue.
+    pub send_window_bytes: usize,
     pub socket_buffer_bytes: usize,
 }
 
@@ -110,6 +125,9 @@ impl Default for WebRtcSection {
             max_pending: 256,
             // Measured: at 128 KiB (str0m's default) half of a 1000-frame burst was lost.
             sctp_send_buffer_bytes: 4 << 20,
+            // Measured (docs/benchmarks.md, "Transports as a guest sees them"): under
+            // Chromium's 128 KiB UDP receive buffer, so a burst never overflows it.
+            send_window_bytes: 48 << 10,
             socket_buffer_bytes: 4 << 20,
         }
     }

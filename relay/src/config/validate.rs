@@ -240,6 +240,14 @@ impl Config {
                 );
             }
         }
+        if !(16 * 1024..=64 << 20).contains(&self.webrtc.send_window_bytes) {
+            return invalid(
+                "webrtc.send_window_bytes",
+                self.webrtc.send_window_bytes,
+                "out of range",
+                "use 16384 to 67108864; 65536 keeps bursts under a browser's UDP receive buffer",
+            );
+        }
         Ok(())
     }
 

@@ -13,8 +13,8 @@ use prometheus_client::registry::Registry;
 use crate::forward::PortForwards;
 use crate::gateway_port::stats::{GatewayStatsRegistry, GatewayTotals};
 use crate::lan::{LanRegistry, TransportSnapshot};
-use crate::shared::DropReason;
 use crate::shared::metrics::{Family, TableCollector};
+use crate::shared::{DropReason, Transport};
 use crate::transport::webrtc::WebRtc;
 use crate::transport::webtransport::WebTransportStats;
 use crate::transport::wisp::WispStats;
@@ -131,6 +131,14 @@ fn relay_families(lans: &LanRegistry) -> Vec<Family> {
             "Frames dropped, by reason",
             "reason",
             DropReason::ALL.map(|r| (r.as_str(), totals.drops(r))),
+        ),
+        Family::counters_by2(
+            "frames_lost",
+            "Frames for a client lost on the way to it (its port's queue, then its transport), by transport and reason; each is also in frames_dropped",
+            ["transport", "reason"],
+            Transport::CLIENTS.iter().flat_map(|t| {
+                DropReason::LOSSES.map(|r| ([t.as_str(), r.as_str()], totals.losses(*t, r)))
+            }),
         ),
         Family::counter(
             "duplicate_mac_translations",

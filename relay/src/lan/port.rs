@@ -77,6 +77,11 @@ impl Port {
         self.registry.totals.count_drop(reason);
     }
 
+    /// A frame for this port's client that its transport could not deliver.
+    pub(crate) fn count_loss(&self, reason: DropReason) {
+        self.registry.totals.count_loss(self.transport, reason);
+    }
+
     /// One frame from this port's client: switch it to the other ports' queues.
     pub(crate) fn ingress(&self, now: Instant, frame: Bytes) {
         self.counters.traffic.count_in(frame.len());
@@ -211,7 +216,10 @@ impl Port {
             .fetch_update(Relaxed, Relaxed, |n| (n < cap).then_some(n + 1))
             .is_err()
         {
-            return self.count_drop(DropReason::FloodFull);
+            return self
+                .registry
+                .totals
+                .count_loss(output.transport, DropReason::FloodFull);
         }
         if !self.deliver(output, frame) {
             floods.fetch_sub(1, Relaxed);
@@ -224,7 +232,9 @@ impl Port {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 output.counters.queue_drops.fetch_add(1, Relaxed);
-                self.count_drop(DropReason::QueueFull);
+                self.registry
+                    .totals
+                    .count_loss(output.transport, DropReason::QueueFull);
                 false
             }
             // The port is leaving; its frames no longer matter.

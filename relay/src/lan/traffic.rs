@@ -113,6 +113,9 @@ impl PortCounters {
 #[derive(Debug, Default)]
 pub(crate) struct Totals {
     drops: [AtomicU64; DropReason::COUNT],
+    /// Frames for a client lost on the way to it, by its transport and reason (also in
+    /// `drops`).
+    losses: [[AtomicU64; DropReason::COUNT]; Transport::COUNT],
     /// Ports given a local MAC because their machine's MAC was live on another port.
     pub(crate) mac_translations: AtomicU64,
     pub(super) connections_opened: [AtomicU64; Transport::COUNT],
@@ -126,6 +129,17 @@ impl Totals {
 
     pub(crate) fn drops(&self, reason: DropReason) -> u64 {
         self.drops[reason.index()].load(Relaxed)
+    }
+
+    /// A frame for a client of `transport` lost on its way there: counted as a drop and
+    /// as that transport's loss.
+    pub(crate) fn count_loss(&self, transport: Transport, reason: DropReason) {
+        self.count_drop(reason);
+        self.losses[transport.index()][reason.index()].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn losses(&self, transport: Transport, reason: DropReason) -> u64 {
+        self.losses[transport.index()][reason.index()].load(Relaxed)
     }
 
     pub(super) fn retire(&self, transport: Transport, c: &PortCounters) {

@@ -31,6 +31,11 @@ pub(crate) enum Samples {
         label: &'static str,
         rows: Vec<(&'static str, i64)>,
     },
+    /// One value per pair of label values, e.g. transport and reason.
+    By2 {
+        labels: [&'static str; 2],
+        rows: Vec<([&'static str; 2], i64)>,
+    },
 }
 
 impl Family {
@@ -56,6 +61,25 @@ impl Family {
             label,
             rows.into_iter().map(|(l, v)| (l, clamp(v))),
         )
+    }
+
+    /// A counter per pair of label values, e.g.
+    /// `(["transport", "reason"], [(["webrtc", "send_buffer_full"], 3), ...])`.
+    pub(crate) fn counters_by2(
+        name: &'static str,
+        help: &'static str,
+        labels: [&'static str; 2],
+        rows: impl IntoIterator<Item = ([&'static str; 2], u64)>,
+    ) -> Self {
+        Family {
+            name,
+            help,
+            kind: Kind::Counter,
+            samples: Samples::By2 {
+                labels,
+                rows: rows.into_iter().map(|(l, v)| (l, clamp(v))).collect(),
+            },
+        }
     }
 
     pub(crate) fn gauges_by(
@@ -121,6 +145,12 @@ pub(crate) fn encode(
                     sample(family.kind, value, descriptor.encode_family(&labels)?)?;
                 }
             }
+            Samples::By2 { labels, rows } => {
+                for ([a, b], value) in rows {
+                    let labels = [(labels[0], a), (labels[1], b)];
+                    sample(family.kind, value, descriptor.encode_family(&labels)?)?;
+                }
+            }
         }
     }
     Ok(())
@@ -167,6 +197,7 @@ mod tests {
             vec![
                 Family::gauge("lans", "LANs", 2),
                 Family::counters_by("drops", "Drops", "reason", [("a", 1), ("b", 0)]),
+                Family::counters_by2("lost", "Lost", ["t", "r"], [(["x", "y"], 2)]),
             ]
         })));
         let mut out = String::new();
@@ -177,5 +208,9 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("# TYPE v86_relay_drops counter"), "{out}");
+        assert!(
+            out.contains("v86_relay_lost_total{t=\"x\",r=\"y\"} 2\n"),
+            "{out}"
+        );
     }
 }

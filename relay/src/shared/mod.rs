@@ -78,7 +78,29 @@ labels::label_enum! {
         /// A frame of a port whose LAN another node owns: the queue to the cluster bus
         /// was full (docs/cluster.md).
         BusFull => "bus_full",
+        /// The client's transport had no room for it: a WebRTC DataChannel's SCTP send
+        /// buffer (`webrtc.sctp_send_buffer_bytes`) or WebTransport's datagram send buffer
+        /// was full, because the client reads or acknowledges slower than the LAN sends.
+        SendBufferFull => "send_buffer_full",
+        /// WebRTC: the client's DataChannel was not open (not yet, or no longer), or the
+        /// client went away while the frame waited for its send window.
+        NotOpen => "not_open",
+        /// WebTransport: the frame does not fit 64 of the client's datagrams, or the client
+        /// refuses datagrams.
+        Unsendable => "unsendable",
     }
+}
+
+impl DropReason {
+    /// Where a frame handed to a client can be lost: its port's queue, then its transport.
+    /// `frames_lost{transport, reason}` counts these per transport.
+    pub(crate) const LOSSES: [DropReason; 5] = [
+        DropReason::QueueFull,
+        DropReason::FloodFull,
+        DropReason::SendBufferFull,
+        DropReason::NotOpen,
+        DropReason::Unsendable,
+    ];
 }
 
 impl From<switch::DropReason> for DropReason {

@@ -141,3 +141,26 @@ pub(crate) fn bad_request(reason: impl ToString) -> Response {
 pub(crate) fn forbidden_origin(refused: &OriginRefused) -> Response {
     (StatusCode::FORBIDDEN, format!("{refused}\n")).into_response()
 }
+
+/// A non-blocking UDP socket with `buffer` bytes of send and receive buffer, for WebRTC and
+/// WebTransport: the kernel's default (208 KiB) dropped bursts of frames, and a datagram
+/// lost there is a whole frame lost.
+pub(crate) fn bind_udp(
+    addr: std::net::SocketAddr,
+    buffer: usize,
+) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: Linux caps these at net.core.[rw]mem_max for unprivileged processes.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    tracing::debug!(
+        %addr,
+        recv = ?socket.recv_buffer_size(),
+        send = ?socket.send_buffer_size(),
+        "UDP socket buffers"
+    );
+    Ok(socket.into())
+}

@@ -17,7 +17,7 @@ use webrtc_gw::{Event, Gateway, OfferError, PeerId, SendOutcome};
 use super::{Command, RECV_BATCH, SEND_BATCH};
 use crate::admission::Session;
 use crate::lan::Port;
-use crate::shared::Transport;
+use crate::shared::{DropReason, Transport};
 use crate::transport::TransportContext;
 
 type FrameStream = Pin<Box<dyn Stream<Item = (PeerId, Bytes)> + Send>>;
@@ -150,8 +150,10 @@ impl Driver {
         };
         let counters = port.counters();
         let frame = counters.to_client(frame);
-        if self.gateway.send_frame(peer, &frame) == SendOutcome::Sent {
-            counters.traffic.count_out(frame.len());
+        match self.gateway.send_frame(peer, &frame) {
+            SendOutcome::Sent => counters.traffic.count_out(frame.len()),
+            SendOutcome::BufferFull => port.count_loss(DropReason::SendBufferFull),
+            SendOutcome::NotOpen => port.count_loss(DropReason::NotOpen),
         }
     }
 
@@ -170,6 +172,13 @@ impl Driver {
                     }
                 }
                 Event::Open(peer) => tracing::debug!(%peer, "WebRTC DataChannel open"),
+                Event::Unsent(peer, frames) => {
+                    if let Some(Peer { port, .. }) = self.ports.get(&peer) {
+                        for _ in 0..frames {
+                            port.count_loss(DropReason::NotOpen);
+                        }
+                    }
+                }
                 Event::Closed(peer, reason) => {
                     // Dropping the port leaves the LAN; its queue then ends its stream.
                     if let Some(Peer { port, .. }) = self.ports.remove(&peer) {

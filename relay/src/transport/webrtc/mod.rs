@@ -186,25 +186,14 @@ fn gateway_config(config: &Config) -> GatewayConfig {
         connect_timeout: Duration::from_secs(config.webrtc.connect_timeout_secs),
         max_pending: config.webrtc.max_pending,
         sctp_send_buffer: config.webrtc.sctp_send_buffer_bytes,
+        send_window: config.webrtc.send_window_bytes,
         max_message_size: u32::try_from(config.limits.max_frame_size).unwrap_or(u32::MAX),
     }
 }
 
 /// A UDP socket with large buffers: bursts of frames overflowed the default ones.
 fn bind(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    // Best effort: Linux caps these at net.core.[rw]mem_max for unprivileged processes.
-    let _ = socket.set_recv_buffer_size(buffer);
-    let _ = socket.set_send_buffer_size(buffer);
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    tracing::debug!(
-        recv = ?socket.recv_buffer_size(),
-        send = ?socket.send_buffer_size(),
-        "WebRTC UDP socket buffers"
-    );
-    UdpSocket::from_std(socket.into())
+    UdpSocket::from_std(super::bind_udp(addr, buffer)?)
 }
 
 /// The IP of the interface the default route leaves by. Connecting a UDP socket only picks

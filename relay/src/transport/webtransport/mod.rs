@@ -71,18 +71,31 @@ fn self_signed() -> Identity {
         .expect("fixed SANs are valid")
 }
 
-fn server_config(app: &TransportContext, addr: SocketAddr, identity: Identity) -> ServerConfig {
+/// The server config; `socket` is the bound socket for the first one, `None` for later
+/// certificate reloads (they keep the socket).
+fn server_config(
+    app: &TransportContext,
+    addr: SocketAddr,
+    socket: Option<std::net::UdpSocket>,
+    identity: Identity,
+) -> ServerConfig {
     // QUIC expresses idle timeouts up to 2^62 ms; capped at a year, the value always fits.
     let idle = app
         .config()
         .idle_timeout()
         .min(Duration::from_secs(365 * 24 * 3600));
-    let base = || {
-        ServerConfig::builder()
-            .with_bind_address(addr)
+    let mut socket = socket;
+    let mut base = || {
+        let builder = match socket.take() {
+            Some(socket) => ServerConfig::builder().with_bind_socket(socket),
+            None => ServerConfig::builder().with_bind_address(addr),
+        };
+        builder
             .with_identity(identity.clone_identity())
             .keep_alive_interval(Some(app.config().ping_interval()))
     };
+    // The idle timeout is capped above, so the fallback (and its unbound socket) is never
+    // taken in practice.
     match base().max_idle_timeout(Some(idle)) {
         Ok(builder) => builder.build(),
         Err(_) => base().build(),
@@ -128,7 +141,10 @@ pub(crate) async fn start(
         }
     };
     let bind_error = |source| WebTransportStartError::Bind { addr, source };
-    let endpoint = Endpoint::server(server_config(app, addr, current)).map_err(bind_error)?;
+    let socket =
+        super::bind_udp(addr, app.config().webtransport.socket_buffer_bytes).map_err(bind_error)?;
+    let endpoint =
+        Endpoint::server(server_config(app, addr, Some(socket), current)).map_err(bind_error)?;
     let local = endpoint.local_addr().map_err(bind_error)?;
     let _ = shared.info.set(WebTransportInfo {
         addr: local,
@@ -201,7 +217,7 @@ async fn rotate_certificates(
         let serve = std::mem::replace(&mut next, after.clone_identity());
         let hashes = vec![hex_hash(&serve), hex_hash(&after)];
         // New handshakes use the new certificate; live sessions keep their keys.
-        match endpoint.reload_config(server_config(&app, addr, serve), false) {
+        match endpoint.reload_config(server_config(&app, addr, None, serve), false) {
             Ok(()) => {
                 if let Some(info) = shared.info.get()
                     && let Ok(mut h) = info.hashes.write()

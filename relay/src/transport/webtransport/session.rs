@@ -14,7 +14,7 @@ use wtransport::{Connection, VarInt};
 use super::{CLOSE_SHUTDOWN, WebTransportStats};
 use crate::admission::{Admitted, JoinRequest, Session};
 use crate::lan::{Port, PortReceiver};
-use crate::shared::{Transport, lan_from_path};
+use crate::shared::{DropReason, Transport, lan_from_path};
 use crate::transport::{TransportContext, query_param};
 
 pub(super) async fn run(
@@ -138,8 +138,10 @@ async fn pump(
             frame = queue.recv() => {
                 let Some(frame) = frame else { break };
                 let frame = counters.outgoing(frame);
-                if !send_frame(connection, &mut fragmenter, &frame, &mut datagrams, stats) {
-                    break;
+                match send_frame(connection, &mut fragmenter, &frame, &mut datagrams, stats) {
+                    Ok(()) => {}
+                    Err(Some(reason)) => port.count_loss(reason),
+                    Err(None) => break,
                 }
             }
         }
@@ -153,40 +155,52 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Sends one frame as one or more datagrams; false when the session is gone.
+/// What a datagram costs in quinn's send buffer beyond its payload: wtransport's session
+/// id prefix (a QUIC varint, at most 8 bytes).
+const DATAGRAM_PREFIX: usize = 8;
+
+/// Sends one frame as one or more datagrams. `Err(Some(reason))`: the frame was lost (and
+/// must be counted); `Err(None)`: the session is gone.
 fn send_frame(
     connection: &Connection,
     fragmenter: &mut Fragmenter,
     frame: &[u8],
     datagrams: &mut Vec<Bytes>,
     stats: &WebTransportStats,
-) -> bool {
+) -> Result<(), Option<DropReason>> {
     let Some(max) = connection.max_datagram_size() else {
         stats.send_failures.fetch_add(1, Relaxed);
-        return true;
+        return Err(Some(DropReason::Unsendable));
     };
     datagrams.clear();
-    match fragmenter.encode(frame, max, datagrams) {
-        Ok(1) => {}
-        Ok(n) => {
-            stats.fragments_sent.fetch_add(n as u64, Relaxed);
-        }
+    let n = match fragmenter.encode(frame, max, datagrams) {
+        Ok(n) => n,
         Err(_) => {
             stats.send_failures.fetch_add(1, Relaxed);
-            return true;
+            return Err(Some(DropReason::Unsendable));
         }
+    };
+    // quinn makes room for a datagram by silently discarding the oldest unsent ones: that
+    // would lose fragments of frames already counted as sent, and nothing would say so.
+    // A frame that does not fit whole is dropped here instead, and counted.
+    let needed: usize = datagrams.iter().map(|d| d.len() + DATAGRAM_PREFIX).sum();
+    if connection.quic_connection().datagram_send_buffer_space() < needed {
+        return Err(Some(DropReason::SendBufferFull));
+    }
+    if n > 1 {
+        stats.fragments_sent.fetch_add(n as u64, Relaxed);
     }
     for d in datagrams.drain(..) {
         match connection.send_datagram(d) {
             Ok(()) => {}
-            Err(wtransport::error::SendDatagramError::NotConnected) => return false,
+            Err(wtransport::error::SendDatagramError::NotConnected) => return Err(None),
             Err(_) => {
                 stats.send_failures.fetch_add(1, Relaxed);
-                return true;
+                return Err(Some(DropReason::Unsendable));
             }
         }
     }
-    true
+    Ok(())
 }
 
 /// One session's reassembly plus the bookkeeping that keeps the relay-wide metrics exact.
