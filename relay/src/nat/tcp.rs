@@ -6,9 +6,9 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use gateway::{FlowId, TcpStatus};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc};
@@ -126,34 +126,56 @@ pub(super) fn push_to_vm(nat: &mut gateway::Nat, now: Instant, flow: FlowId, tcp
     }
 }
 
+/// Reads up to this much into a buffer of its own size; larger reads keep their chunk.
+const SMALL_READ: usize = 16 * 1024;
+
 /// Reads the host side of a flow: credits first (so at most [`HOST_READ_BUDGET`] bytes wait
-/// outside smoltcp), then the VM's bandwidth budget when it has one.
+/// outside smoltcp), then the VM's bandwidth budget when it has one. The read buffer is
+/// taken only once the socket is readable and handed on with the data, so an idle flow
+/// holds none (a 64 KiB chunk per idle reader was most of an idle flow's memory).
 async fn read_host(
     flow: FlowId,
-    mut read_half: OwnedReadHalf,
+    read_half: OwnedReadHalf,
     credits: Arc<Semaphore>,
     events: mpsc::Sender<HostEvent>,
     pacer: Option<Arc<Pacer>>,
     _guard: TaskGuard,
 ) {
     let chunk = if pacer.is_some() { PACED_CHUNK } else { CHUNK };
-    let mut buffer = BytesMut::new();
     loop {
         let Ok(permit) = credits.acquire_many(chunk as u32).await else {
             return;
         };
         let budget = permit.num_permits();
         permit.forget();
-        buffer.reserve(budget);
-        let mut limited = (&mut read_half).take(budget as u64);
-        let event = match limited.read_buf(&mut buffer).await {
-            Ok(0) => HostEvent::Eof(flow),
-            Ok(n) => {
+        let result = match read_half.readable().await {
+            Ok(()) => {
+                let mut buffer = BytesMut::with_capacity(budget);
+                // `limit`: never more than the credits taken, whatever the capacity.
+                read_half
+                    .try_read_buf(&mut (&mut buffer).limit(budget))
+                    .map(|n| (n, buffer))
+            }
+            Err(e) => Err(e),
+        };
+        let event = match result {
+            Ok((0, _)) => HostEvent::Eof(flow),
+            Ok((n, buffer)) => {
                 credits.add_permits(budget - n);
                 if let Some(pacer) = &pacer {
                     pacer.down(n).await;
                 }
-                HostEvent::Data(flow, buffer.split().freeze())
+                let data = if n <= SMALL_READ {
+                    Bytes::copy_from_slice(&buffer)
+                } else {
+                    buffer.freeze()
+                };
+                HostEvent::Data(flow, data)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // A spurious wake-up: give the credits back and wait again.
+                credits.add_permits(budget);
+                continue;
             }
             Err(_) => HostEvent::Failed(flow),
         };
