@@ -21,6 +21,9 @@ trap 'exit 130' INT TERM
 # The "internet": 198.18.50.2 behind a veth pair whose host side is 198.18.50.1, with an
 # iperf3 server on 5201.
 make_internet() {
+  if [ -n "$(ip route show 198.18.50.0/24)" ]; then
+    echo "198.18.50.0/24 is routed already (a run that did not clean up? ip netns list)"; exit 1
+  fi
   inet=${tag}-inet
   ip netns add $inet; namespaces+=($inet)
   ip -n $inet link set lo up

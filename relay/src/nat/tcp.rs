@@ -126,13 +126,16 @@ pub(super) fn push_to_vm(nat: &mut gateway::Nat, now: Instant, flow: FlowId, tcp
     }
 }
 
-/// Reads up to this much into a buffer of its own size; larger reads keep their chunk.
+/// Reads up to this much leave as an exact copy; larger ones keep their chunk.
 const SMALL_READ: usize = 16 * 1024;
 
 /// Reads the host side of a flow: credits first (so at most [`HOST_READ_BUDGET`] bytes wait
-/// outside smoltcp), then the VM's bandwidth budget when it has one. The read buffer is
-/// taken only once the socket is readable and handed on with the data, so an idle flow
-/// holds none (a 64 KiB chunk per idle reader was most of an idle flow's memory).
+/// outside smoltcp), then the VM's bandwidth budget when it has one.
+///
+/// The read buffer is taken only once the socket is readable, and let go after a read
+/// that emptied the socket: an idle flow holds none (a 64 KiB chunk per idle reader was
+/// most of an idle flow's memory), while a bulk transfer, whose reads fill their budget,
+/// keeps reclaiming the same allocation once the gateway task has taken the data.
 async fn read_host(
     flow: FlowId,
     read_half: OwnedReadHalf,
@@ -142,6 +145,7 @@ async fn read_host(
     _guard: TaskGuard,
 ) {
     let chunk = if pacer.is_some() { PACED_CHUNK } else { CHUNK };
+    let mut buffer = BytesMut::new();
     loop {
         let Ok(permit) = credits.acquire_many(chunk as u32).await else {
             return;
@@ -150,31 +154,36 @@ async fn read_host(
         permit.forget();
         let result = match read_half.readable().await {
             Ok(()) => {
-                let mut buffer = BytesMut::with_capacity(budget);
+                buffer.reserve(budget);
                 // `limit`: never more than the credits taken, whatever the capacity.
-                read_half
-                    .try_read_buf(&mut (&mut buffer).limit(budget))
-                    .map(|n| (n, buffer))
+                read_half.try_read_buf(&mut (&mut buffer).limit(budget))
             }
             Err(e) => Err(e),
         };
         let event = match result {
-            Ok((0, _)) => HostEvent::Eof(flow),
-            Ok((n, buffer)) => {
+            Ok(0) => HostEvent::Eof(flow),
+            Ok(n) => {
                 credits.add_permits(budget - n);
                 if let Some(pacer) = &pacer {
                     pacer.down(n).await;
                 }
                 let data = if n <= SMALL_READ {
-                    Bytes::copy_from_slice(&buffer)
+                    let data = Bytes::copy_from_slice(&buffer);
+                    buffer.clear();
+                    data
                 } else {
-                    buffer.freeze()
+                    buffer.split().freeze()
                 };
+                if n < budget {
+                    // The socket is empty for now: hold nothing while it stays so.
+                    buffer = BytesMut::new();
+                }
                 HostEvent::Data(flow, data)
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                // A spurious wake-up: give the credits back and wait again.
+                // A spurious wake-up: give the credits and the buffer back, wait again.
                 credits.add_permits(budget);
+                buffer = BytesMut::new();
                 continue;
             }
             Err(_) => HostEvent::Failed(flow),
