@@ -19,30 +19,10 @@ secs=10; vms=100; flows_per_vm=10
 for tool in iperf3 slirp4netns busybox python3 curl; do
   command -v $tool >/dev/null || { echo "nat_bench: $tool missing (bash scripts/setup-test-deps.sh)"; exit 1; }
 done
-cargo build --release -q -p relay
-relay_bin=target/release/v86-relay
+[ -n "${RELAY_BIN:-}" ] || cargo build --release -q -p relay
 tag=nb$$
-pids=()
-namespaces=()
-cleanup() {
-  # Taps first, then the relay (they would log their reconnect attempts).
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  for ns in "${namespaces[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
-  ip link del "${tag}h" 2>/dev/null || true
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# The "internet": 198.18.50.2 behind a veth pair whose host side is 198.18.50.1.
-inet=${tag}-inet
-ip netns add $inet; namespaces+=($inet)
-ip -n $inet link set lo up
-ip link add ${tag}h type veth peer name ${tag}p
-ip link set ${tag}p netns $inet
-ip addr add 198.18.50.1/24 dev ${tag}h; ip link set ${tag}h up
-ip -n $inet addr add 198.18.50.2/24 dev ${tag}p; ip -n $inet link set ${tag}p up
-ip netns exec $inet iperf3 -s -p 5201 >/dev/null 2>&1 & pids+=($!)
+source loadtest/nat_lib.sh
+make_internet
 # 1-byte echo for latency, and a bulk source for the many-flow test.
 ip netns exec $inet python3 -c '
 import socket, threading
@@ -71,37 +51,7 @@ while True:
 sleep 0.5
 
 # The relay, defaults, metrics on loopback.
-port=$((20000 + RANDOM % 20000)); mport=$((port + 1))
-$relay_bin --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:$mport --log warn & relay_pid=$!; pids+=($relay_pid)
-for _ in $(seq 50); do curl -s -o /dev/null 127.0.0.1:$mport/metrics && break; sleep 0.1; done
-
-udhcpc_script=$(mktemp); cat > $udhcpc_script <<'EOF'
-#!/bin/sh
-case "$1" in bound|renew)
-  ip addr flush dev "$interface"; ip addr add "$ip/$mask" dev "$interface"
-  ip route replace default via "$router" dev "$interface";;
-esac
-EOF
-chmod +x $udhcpc_script
-
-# A VM namespace on LAN bench, with its lease.
-new_vm() {
-  local ns=$1
-  ip netns add $ns; namespaces+=($ns)
-  ip -n $ns link set lo up
-  ip -n $ns tuntap add dev tap0 mode tap; ip -n $ns link set tap0 up
-  $relay_bin tap --url ws://127.0.0.1:$port/lan/bench --dev tap0 --netns $ns --log warn & pids+=($!)
-  sleep 0.2
-  ip netns exec $ns busybox udhcpc -i tap0 -n -q -f -t 10 -T 1 -s $udhcpc_script >/dev/null 2>&1
-}
-
-cpu_ticks() { awk '{print $14 + $15}' /proc/$relay_pid/stat; }
-hz=$(getconf CLK_TCK)
-
-iperf() { # ns, extra args -> "Gbit/s bytes"
-  ip netns exec "$1" iperf3 -c 198.18.50.2 -p 5201 -t $secs -J "${@:2}" |
-    python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]["sum_received"]; print("%.2f %d" % (e["bits_per_second"]/1e9, e["bytes"]))'
-}
+start_relay
 
 latency() { # ns -> "p50_us p99_us"
   ip netns exec "$1" python3 -c '

@@ -3,6 +3,8 @@
 //! well-formed Ethernet frame from the gateway MAC, and the queue and neighbour bounds hold.
 //! NAT is on: some records become IPv4 packets with valid checksums from a LAN address to
 //! outside or local addresses, and others answer the NAT's host actions as a driver would.
+//! The NAT's buffer gauge matches what it took from its budget, and a NAT that goes gives
+//! all of it back.
 #![no_main]
 
 use std::net::Ipv4Addr;
@@ -17,7 +19,7 @@ use gateway::smoltcp::wire::{
     EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket,
     UdpPacket,
 };
-use gateway::{ConnectFailure, Gateway, GatewayConfig, NatAction, NatConfig};
+use gateway::{BufferBudget, ConnectFailure, Gateway, GatewayConfig, NatAction, NatConfig};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_QUEUED: usize = 8;
@@ -45,10 +47,12 @@ fuzz_target!(|data: &[u8]| {
     let dns = DnsProxy::new(DnsConfig::new("fuzz.lan").expect("valid domain"));
     let mut gateway = Gateway::new(config, dhcp, dns);
     let mut now = Instant::now();
+    let budget = BufferBudget::new(6 * 8192);
     gateway.enable_nat(
         NatConfig {
-            tcp_rx_buffer: 4096,
-            tcp_tx_buffer: 4096,
+            tcp_rx_buffer: 8192,
+            tcp_tx_buffer: 8192,
+            buffer_budget: budget.clone(),
             max_flows: 16,
             ..NatConfig::default()
         },
@@ -92,6 +96,8 @@ fuzz_target!(|data: &[u8]| {
         while gateway.poll_lease_event().is_some() {}
         assert!(gateway.stats().queued_frames <= MAX_QUEUED);
         assert!(gateway.stats().neighbors <= MAX_NEIGHBORS);
+        let nat = gateway.nat().expect("NAT is on");
+        assert_eq!(nat.stats().buffer_bytes, budget.used());
         while let Some(frame) = gateway.poll_frame() {
             assert!(frame.len() >= 60);
             let frame = EthernetFrame::new_checked(&frame[..]).expect("emitted frame parses");
@@ -102,6 +108,8 @@ fuzz_target!(|data: &[u8]| {
             ));
         }
     }
+    drop(gateway);
+    assert_eq!(budget.used(), 0, "a NAT that goes gives its buffers back");
 });
 
 /// An IPv4 packet from 10.0.2.15 in a frame to the gateway, with valid IPv4, TCP and UDP

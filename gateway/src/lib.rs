@@ -81,8 +81,8 @@ pub use config::{ConfigError, GatewayConfig, MIN_MTU};
 pub use emit::{MIN_FRAME_LEN, TTL};
 pub use gateway::{Gateway, GatewayStats, MAX_PENDING_LEASE_EVENTS};
 pub use nat::{
-    ConnectFailure, DenyCounts, DenyReason, EgressPolicy, FlowId, FlowInfo, Nat, NatAction,
-    NatConfig, NatProtocol, NatStats, PolicyRule, TcpStatus,
+    BufferBudget, ConnectFailure, DenyCounts, DenyReason, EgressPolicy, FlowId, FlowInfo,
+    MIN_TCP_BUFFER, Nat, NatAction, NatConfig, NatProtocol, NatStats, PolicyRule, TcpStatus,
 };
 pub use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
 pub use wire::frag::{FragDrop, FragDropCounts, FragLimits, FragStats};

@@ -37,13 +37,13 @@ impl Nat {
         let Ok(len) = u16::try_from(answer.len()) else {
             return;
         };
-        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let socket = self.dns_sockets.get_mut::<tcp::Socket>(handle);
         // All or nothing: a partial message would corrupt the stream.
         if socket.send_capacity() - socket.send_queue() >= answer.len() + 2 {
             let _ = socket.send_slice(&len.to_be_bytes());
             let _ = socket.send_slice(answer);
         }
-        self.poll(now);
+        self.poll_dns(now, None);
     }
 
     pub(super) fn ensure_dns_listener(&mut self) {
@@ -63,13 +63,13 @@ impl Nat {
             })
             .is_ok()
         {
-            self.dns_listener = Some(self.sockets.add(socket));
+            self.dns_listener = Some(self.dns_sockets.add(socket));
         }
     }
 
     pub(super) fn after_dns_tcp(&mut self, now: Instant) {
         if let Some(listener) = self.dns_listener
-            && self.sockets.get::<tcp::Socket>(listener).state() != tcp::State::Listen
+            && self.dns_sockets.get::<tcp::Socket>(listener).state() != tcp::State::Listen
         {
             self.dns_listener = None;
             let conn = self.next_dns_conn;
@@ -94,7 +94,7 @@ impl Nat {
         let Some(conn) = self.dns_conns.get_mut(&handle) else {
             return;
         };
-        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let socket = self.dns_sockets.get_mut::<tcp::Socket>(handle);
         let client = match socket.remote_endpoint() {
             Some(IpEndpoint {
                 addr: IpAddress::Ipv4(ip),
@@ -128,8 +128,8 @@ impl Nat {
         }
         if closed || now.saturating_duration_since(conn.last_active) > DNS_TCP_IDLE {
             socket.abort();
-            self.poll(now);
-            self.sockets.remove(handle);
+            self.poll_dns(now, None);
+            self.dns_sockets.remove(handle);
             self.dns_conns.remove(&handle);
             self.ensure_dns_listener();
         }

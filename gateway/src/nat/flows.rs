@@ -1,10 +1,16 @@
 //! The flow table: ids, kinds and keys, admission (policy, per-VM limits, new-flow rate),
-//! bookkeeping and the idle sweep.
+//! bookkeeping and the flows' deadline timers.
+//!
+//! Each flow has at most one entry in `Nat::timers`: the earlier of smoltcp's next timer
+//! for its socket (retransmission, delayed ACK, keep-alive) and its idle deadline
+//! (`last_active` + the timeout of its state). Traffic only moves `last_active` later, so
+//! a packet does not touch the timer set unless the deadline got earlier; an entry that
+//! fires early finds the flow still active and re-arms. Nothing scans the flows.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use smoltcp::iface::SocketHandle;
+use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::wire::Ipv4Repr;
 
@@ -37,7 +43,13 @@ pub(super) struct TcpKey {
 pub(super) enum FlowKind {
     Tcp {
         key: TcpKey,
+        /// This flow's socket alone, so that smoltcp visits nothing else for its packets.
+        sockets: SocketSet<'static>,
         handle: SocketHandle,
+        /// Bytes through its buffers: taken from the VM, queued for the VM.
+        through: [u64; 2],
+        /// What it is charged to the budget (`budget::touched` of both buffers).
+        charged: usize,
         /// Waiting for the host connect: the SYN's IP header and first 8 bytes, for an
         /// ICMP error.
         connecting: Option<(Ipv4Repr, [u8; 8])>,
@@ -70,6 +82,8 @@ pub(super) struct Flow {
     pub(super) kind: FlowKind,
     pub(super) vm_ip: Ipv4Addr,
     pub(super) last_active: Instant,
+    /// Its entry in `Nat::timers`.
+    pub(super) timer: Option<Instant>,
     /// In the status queue already.
     pub(super) dirty: bool,
 }
@@ -92,7 +106,11 @@ pub(super) struct VmUsage {
     pub(super) refilled: Instant,
 }
 
-/// How often flows are checked for timeouts.
+/// The earliest a flow's smoltcp timer is re-armed after a poll.
+const MIN_TIMER: Duration = Duration::from_millis(1);
+
+/// How often DNS connections and per-VM rate buckets are checked (not flows: they have
+/// deadlines).
 pub(super) const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Nat {
@@ -122,7 +140,7 @@ impl Nat {
 
     /// Ends a flow from the driver's side (e.g. its host socket failed).
     pub fn close_flow(&mut self, now: Instant, flow: FlowId) {
-        if self.tcp_handle(flow).is_some() {
+        if self.tcp_established(flow) {
             self.tcp_abort(now, flow);
         } else if self.flows.contains_key(&flow) {
             self.remove_flow(flow, true);
@@ -191,6 +209,7 @@ impl Nat {
             kind,
             vm_ip,
             last_active: now,
+            timer: None,
             dirty: false,
         };
         let protocol = entry.protocol().index();
@@ -200,6 +219,8 @@ impl Nat {
             usage.flows[protocol] += 1;
         }
         self.flows.insert(flow, entry);
+        self.arm(flow);
+        self.recharge(flow, [0, 0]);
         flow
     }
 
@@ -213,11 +234,14 @@ impl Nat {
         if let Some(usage) = self.usage.get_mut(&entry.vm_ip) {
             usage.flows[protocol] = usage.flows[protocol].saturating_sub(1);
         }
+        if let Some(at) = entry.timer {
+            self.timers.remove(&(at, flow));
+        }
         match entry.kind {
-            FlowKind::Tcp { key, handle, .. } => {
+            FlowKind::Tcp { key, charged, .. } => {
                 self.tcp_flows.remove(&key);
-                self.tcp_by_handle.remove(&handle);
-                self.sockets.remove(handle);
+                self.config.buffer_budget.give(charged);
+                self.stats.buffer_bytes = self.stats.buffer_bytes.saturating_sub(charged);
             }
             FlowKind::Udp { vm, .. } => {
                 self.udp_flows.remove(&vm);
@@ -235,49 +259,110 @@ impl Nat {
         }
     }
 
-    pub(super) fn sweep(&mut self, now: Instant) {
-        let mut expired = Vec::new();
-        for (&flow, entry) in &self.flows {
-            let idle = now.saturating_duration_since(entry.last_active);
-            let limit = match &entry.kind {
-                FlowKind::Tcp {
-                    handle, connecting, ..
-                } => {
-                    let state = self.sockets.get::<tcp::Socket>(*handle).state();
-                    if connecting.is_some() {
-                        // The driver times out connects itself; this is a backstop.
-                        self.config.tcp_transitory_timeout
-                    } else if matches!(state, tcp::State::Closed | tcp::State::TimeWait) {
-                        Duration::ZERO
-                    } else if state == tcp::State::Established {
-                        self.config.tcp_idle_timeout
-                    } else {
-                        self.config.tcp_transitory_timeout
-                    }
+    /// How long `entry` may stay idle in its present state.
+    fn idle_limit(&self, entry: &Flow) -> Duration {
+        match &entry.kind {
+            FlowKind::Tcp {
+                sockets,
+                handle,
+                connecting,
+                ..
+            } => {
+                let state = sockets.get::<tcp::Socket>(*handle).state();
+                if connecting.is_some() {
+                    // The driver times out connects itself; this is a backstop.
+                    self.config.tcp_transitory_timeout
+                } else if matches!(state, tcp::State::Closed | tcp::State::TimeWait) {
+                    Duration::ZERO
+                } else if state == tcp::State::Established {
+                    self.config.tcp_idle_timeout
+                } else {
+                    self.config.tcp_transitory_timeout
                 }
-                FlowKind::Udp { .. } | FlowKind::InboundUdp { .. } => self.config.udp_idle_timeout,
-                FlowKind::Ping { .. } => self.config.ping_idle_timeout,
-            };
-            if idle >= limit {
-                expired.push(flow);
+            }
+            FlowKind::Udp { .. } | FlowKind::InboundUdp { .. } => self.config.udp_idle_timeout,
+            FlowKind::Ping { .. } => self.config.ping_idle_timeout,
+        }
+    }
+
+    /// Sets `flow`'s timer to its next deadline, unless an earlier entry is there already
+    /// (that one fires, finds nothing due and re-arms): O(log flows) at most, and nothing
+    /// at all for most packets.
+    pub(super) fn arm(&mut self, flow: FlowId) {
+        let stamp = self.stamp(self.last_now);
+        let Some(entry) = self.flows.get(&flow) else {
+            return;
+        };
+        let idle_at = entry.last_active + self.idle_limit(entry);
+        let smoltcp_at = match &entry.kind {
+            // While the host connect runs, the SYN-ACK is paused: smoltcp says "now" but
+            // has nothing to send until `handle_tcp_connected`.
+            FlowKind::Tcp {
+                sockets,
+                connecting: None,
+                ..
+            } => self.iface.poll_at(stamp, sockets),
+            _ => None,
+        }
+        // This follows a poll of the flow, which did what was due: a deadline still in the
+        // past would only spin.
+        .map(|at| self.instant(at).max(self.last_now + MIN_TIMER));
+        let due = smoltcp_at.map_or(idle_at, |at| at.min(idle_at));
+        let Some(entry) = self.flows.get_mut(&flow) else {
+            return;
+        };
+        match entry.timer {
+            Some(at) if at <= due => {}
+            old => {
+                if let Some(at) = old {
+                    self.timers.remove(&(at, flow));
+                }
+                entry.timer = Some(due);
+                self.timers.insert((due, flow));
             }
         }
-        for flow in expired {
-            if let Some(handle) = self.flows.get(&flow).and_then(|f| match f.kind {
-                FlowKind::Tcp { handle, .. } => Some(handle),
-                _ => None,
-            }) {
-                let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+    }
+
+    /// Flows whose timer has come: smoltcp's timers run, idle flows end, the rest re-arm.
+    pub(super) fn run_timers(&mut self, now: Instant) {
+        while let Some(&(at, flow)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(entry) = self.flows.get_mut(&flow) else {
+                continue;
+            };
+            entry.timer = None;
+            if matches!(entry.kind, FlowKind::Tcp { .. }) {
+                // Retransmissions, delayed ACKs, keep-alives, smoltcp's own VM timeout.
+                self.poll_flow(now, flow, None);
+                self.mark_dirty(flow);
+                self.reap_tcp(flow);
+            }
+            let Some(entry) = self.flows.get(&flow) else {
+                continue;
+            };
+            if now.saturating_duration_since(entry.last_active) < self.idle_limit(entry) {
+                self.arm(flow);
+                continue;
+            }
+            if let Some(socket) = self.socket_mut(flow) {
                 if !matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait) {
-                    self.stats.timeouts += 1;
                     socket.abort();
+                    self.stats.timeouts += 1;
+                    // The RST goes out now; the flow is forgotten below.
+                    self.poll_flow(now, flow, None);
                 }
             } else {
                 self.stats.timeouts += 1;
             }
             self.remove_flow(flow, true);
         }
-        self.poll(now);
+    }
+
+    /// DNS connections' idle checks and the per-VM rate buckets (O(VMs), once a second).
+    pub(super) fn sweep(&mut self, now: Instant) {
         let handles: Vec<SocketHandle> = self.dns_conns.keys().copied().collect();
         for handle in handles {
             self.serve_dns_conn(now, handle);

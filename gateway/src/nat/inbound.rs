@@ -3,6 +3,8 @@
 use std::net::SocketAddrV4;
 use std::time::Instant;
 
+use smoltcp::iface::SocketSet;
+
 use smoltcp::wire::{IpAddress, IpEndpoint, IpListenEndpoint, Ipv4Repr, UDP_HEADER_LEN, UdpRepr};
 
 use super::flows::{FlowId, FlowKind, InboundUdpKey, TcpKey};
@@ -33,7 +35,7 @@ impl Nat {
         };
         self.stamp(now);
         let mut socket = self.new_tcp_socket();
-        socket
+        if socket
             .connect(
                 self.iface.context(),
                 IpEndpoint::new(IpAddress::Ipv4(*target.ip()), target.port()),
@@ -42,21 +44,27 @@ impl Nat {
                     port,
                 },
             )
-            .ok()?;
-        let handle = self.sockets.add(socket);
+            .is_err()
+        {
+            return None;
+        }
+        let mut sockets = SocketSet::new(Vec::with_capacity(1));
+        let handle = sockets.add(socket);
         let flow = self.new_flow(
             now,
             *target.ip(),
             FlowKind::Tcp {
                 key,
+                sockets,
                 handle,
+                through: [0, 0],
+                charged: 0,
                 connecting: None,
             },
         );
         self.tcp_flows.insert(key, flow);
-        self.tcp_by_handle.insert(handle, flow);
         self.stats.inbound_connections += 1;
-        self.poll(now);
+        self.poll_flow(now, flow, None);
         Some(flow)
     }
 

@@ -50,11 +50,22 @@
 //!
 //! # Where the code is
 //!
-//! One `impl Nat` block per file: this file (types, construction, timers, the smoltcp
-//! glue), `flows` (flow table, ids, admission and limits, sweep), `tcp`, `udp`, `icmp`,
+//! One `impl Nat` block per file: this file (types, construction, the smoltcp glue),
+//! `flows` (flow table, ids, admission and limits, deadline timers), `tcp`, `udp`, `icmp`,
 //! `inbound` (port forwards from the gateway address), `dns_tcp` (DNS over TCP); `policy`
 //! (the egress policy) and `device` (the smoltcp device).
+//!
+//! # Cost per packet
+//!
+//! Nothing here visits every flow. A segment finds its flow by its addresses and ports in
+//! a `HashMap`, and each TCP flow has a [`SocketSet`] of its own holding its one socket:
+//! smoltcp's `Interface::poll` and `poll_at` walk the set they are given, so passing the
+//! flow's set makes them O(1) where the LAN-wide set made them O(flows) (the interface is
+//! shared; with `Medium::Ip` and no fragmentation feature it holds no per-socket state).
+//! Timers are deadlines in a `BTreeSet` keyed by (deadline, flow): idle timeouts and
+//! smoltcp's retransmissions, ACK delays and keep-alives alike (see `flows`).
 
+mod budget;
 mod device;
 mod dns_tcp;
 mod flows;
@@ -64,16 +75,18 @@ mod policy;
 mod tcp;
 mod udp;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp as tcp_socket;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Packet};
 
+pub use budget::{BufferBudget, MIN_TCP_BUFFER};
 use device::OneShotDevice;
 use dns_tcp::DnsConn;
-use flows::{Flow, InboundUdpKey, SWEEP_INTERVAL, TcpKey, VmUsage};
+use flows::{Flow, FlowKind, InboundUdpKey, SWEEP_INTERVAL, TcpKey, VmUsage};
 pub use flows::{FlowId, FlowInfo};
 use inbound::INBOUND_PORTS;
 pub use policy::{DenyCounts, DenyReason, EgressPolicy, NatProtocol, PolicyRule};
@@ -93,6 +106,9 @@ pub struct NatConfig {
     /// Per-flow buffers, each way. They bound memory and set the TCP window.
     pub tcp_rx_buffer: usize,
     pub tcp_tx_buffer: usize,
+    /// Where the buffers come from: shared by every LAN of the relay; a flow opened while
+    /// it is short gets smaller buffers (see [`BufferBudget`]).
+    pub buffer_budget: BufferBudget,
     pub max_tcp_flows_per_vm: usize,
     pub max_udp_flows_per_vm: usize,
     pub max_ping_flows_per_vm: usize,
@@ -119,6 +135,7 @@ impl Default for NatConfig {
             host_loopback: false,
             tcp_rx_buffer: 256 * 1024,
             tcp_tx_buffer: 256 * 1024,
+            buffer_budget: BufferBudget::default(),
             max_tcp_flows_per_vm: 512,
             max_udp_flows_per_vm: 256,
             max_ping_flows_per_vm: 16,
@@ -187,6 +204,9 @@ pub struct NatStats {
     pub unsolicited: u64,
     /// Gauge: DNS over TCP connections.
     pub dns_tcp_connections: usize,
+    /// Gauge: bytes of TCP flow buffers (both ways) this NAT is charged in the budget:
+    /// what bytes can have touched, at most the buffers' size (see [`BufferBudget`]).
+    pub buffer_bytes: usize,
     /// Connections opened into VMs for port forwards.
     pub inbound_connections: u64,
 }
@@ -201,15 +221,21 @@ pub struct Nat {
     epoch: Instant,
     /// The latest `now` seen: smoltcp's clock must not go back.
     last_now: Instant,
+    /// Shared by every socket; each TCP flow brings its own [`SocketSet`] to `poll`.
     iface: Interface,
-    sockets: SocketSet<'static>,
+    /// The DNS-over-TCP listener and connections (at most `max_dns_tcp_connections` + 1).
+    dns_sockets: SocketSet<'static>,
+    /// Segments of no flow go through an empty set: smoltcp answers them with a RST.
+    no_sockets: SocketSet<'static>,
+    /// When each flow next needs attention (its timer), earliest first; a flow has at most
+    /// one entry, `Flow::timer`.
+    timers: BTreeSet<(Instant, FlowId)>,
     /// IP packets for the LAN, with [`HEADROOM`] in front.
     tx: VecDeque<Vec<u8>>,
     actions: VecDeque<NatAction>,
     next_flow: u64,
     flows: HashMap<FlowId, Flow>,
     tcp_flows: HashMap<TcpKey, FlowId>,
-    tcp_by_handle: HashMap<SocketHandle, FlowId>,
     udp_flows: HashMap<SocketAddrV4, FlowId>,
     ping_flows: HashMap<(Ipv4Addr, u16), FlowId>,
     inbound_udp: HashMap<InboundUdpKey, FlowId>,
@@ -220,6 +246,7 @@ pub struct Nat {
     dns_conns: HashMap<SocketHandle, DnsConn>,
     dns_queries: VecDeque<(dns::ClientId, Vec<u8>)>,
     next_dns_conn: u64,
+    /// DNS connections' idle checks and the per-VM rate buckets' cleanup (not flows).
     next_sweep: Instant,
     next_inbound_port: u16,
     /// IPv4 identification of the next datagram we fragment (the VM reassembles by it).
@@ -237,6 +264,13 @@ impl std::fmt::Debug for Nat {
             .field("flows", &self.flows.len())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
+    }
+}
+
+/// A LAN that goes gives its flows' buffers back to the relay-wide budget.
+impl Drop for Nat {
+    fn drop(&mut self) {
+        self.config.buffer_budget.give(self.stats.buffer_bytes);
     }
 }
 
@@ -276,13 +310,14 @@ impl Nat {
             epoch: now,
             last_now: now,
             iface,
-            sockets: SocketSet::new(Vec::new()),
+            dns_sockets: SocketSet::new(Vec::new()),
+            no_sockets: SocketSet::new(Vec::new()),
+            timers: BTreeSet::new(),
             tx,
             actions: VecDeque::new(),
             next_flow: 1,
             flows: HashMap::new(),
             tcp_flows: HashMap::new(),
-            tcp_by_handle: HashMap::new(),
             udp_flows: HashMap::new(),
             ping_flows: HashMap::new(),
             inbound_udp: HashMap::new(),
@@ -337,24 +372,25 @@ impl Nat {
         self.actions.pop_front()
     }
 
-    /// When [`Self::handle_timeout`] has work.
+    /// When [`Self::handle_timeout`] has work: the earliest flow timer, and smoltcp's
+    /// timers and the once-a-second sweep of the DNS connections. O(1) in the number of
+    /// flows. (The per-VM rate buckets need no wake-up of their own: a stale one is
+    /// harmless and goes at the next sweep that runs.)
     pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let flows = self.timers.first().map(|&(at, _)| at);
         let stamp = self.stamp(self.last_now);
-        let smoltcp_at = self
+        let dns = self
             .iface
-            .poll_at(stamp, &self.sockets)
-            .map(|at| self.epoch + Duration::from_micros(at.total_micros().max(0) as u64));
-        let sweep =
-            (!self.flows.is_empty() || !self.dns_conns.is_empty()).then_some(self.next_sweep);
-        match (smoltcp_at, sweep) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+            .poll_at(stamp, &self.dns_sockets)
+            .map(|at| self.instant(at));
+        let sweep = (!self.dns_conns.is_empty()).then_some(self.next_sweep);
+        [flows, dns, sweep].into_iter().flatten().min()
     }
 
-    /// Retransmissions and timeouts.
+    /// Retransmissions and timeouts of the flows whose deadline has come, and the sweep.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.poll(now);
+        self.run_timers(now);
+        self.poll_dns(now, None);
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_INTERVAL;
             self.sweep(now);
@@ -377,26 +413,67 @@ impl Nat {
         smoltcp::time::Instant::from_micros(i64::try_from(micros).unwrap_or(i64::MAX))
     }
 
-    /// Gives smoltcp one IP packet and lets it answer.
-    fn feed(&mut self, now: Instant, packet: &[u8]) {
+    /// smoltcp's time as ours.
+    fn instant(&self, at: smoltcp::time::Instant) -> Instant {
+        self.epoch + Duration::from_micros(at.total_micros().max(0) as u64)
+    }
+
+    /// Gives smoltcp a segment of no flow: it answers with a RST (or nothing, for a RST).
+    fn feed_unknown(&mut self, now: Instant, packet: &[u8]) {
         let stamp = self.stamp(now);
         let mut device = OneShotDevice {
             rx: Some(packet),
             tx: &mut self.tx,
             mtu: self.mtu,
         };
-        self.iface.poll(stamp, &mut device, &mut self.sockets);
+        self.iface.poll(stamp, &mut device, &mut self.no_sockets);
     }
 
-    /// Lets smoltcp send what is due (ACKs, data, retransmissions).
-    fn poll(&mut self, now: Instant) {
+    /// Lets the DNS-over-TCP sockets take `packet` (if any) and send what is due.
+    fn poll_dns(&mut self, now: Instant, packet: Option<&[u8]>) {
         let stamp = self.stamp(now);
         let mut device = OneShotDevice {
-            rx: None,
+            rx: packet,
             tx: &mut self.tx,
             mtu: self.mtu,
         };
-        self.iface.poll(stamp, &mut device, &mut self.sockets);
+        self.iface.poll(stamp, &mut device, &mut self.dns_sockets);
+    }
+
+    /// Lets one TCP flow's socket take `packet` (if any) and send what is due (ACKs, data,
+    /// retransmissions), then re-arms the flow's timer. Only this flow's socket is visited.
+    fn poll_flow(&mut self, now: Instant, flow: FlowId, packet: Option<&[u8]>) {
+        let stamp = self.stamp(now);
+        let Some(FlowKind::Tcp { sockets, .. }) = self.flows.get_mut(&flow).map(|f| &mut f.kind)
+        else {
+            return;
+        };
+        let mut device = OneShotDevice {
+            rx: packet,
+            tx: &mut self.tx,
+            mtu: self.mtu,
+        };
+        self.iface.poll(stamp, &mut device, sockets);
+        self.arm(flow);
+    }
+
+    /// A TCP flow's socket.
+    fn socket(&self, flow: FlowId) -> Option<&tcp_socket::Socket<'static>> {
+        match &self.flows.get(&flow)?.kind {
+            FlowKind::Tcp {
+                sockets, handle, ..
+            } => Some(sockets.get::<tcp_socket::Socket>(*handle)),
+            _ => None,
+        }
+    }
+
+    fn socket_mut(&mut self, flow: FlowId) -> Option<&mut tcp_socket::Socket<'static>> {
+        match &mut self.flows.get_mut(&flow)?.kind {
+            FlowKind::Tcp {
+                sockets, handle, ..
+            } => Some(sockets.get_mut::<tcp_socket::Socket>(*handle)),
+            _ => None,
+        }
     }
 
     /// Queues an IP packet for the LAN, with [`HEADROOM`] for its Ethernet header.

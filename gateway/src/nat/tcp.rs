@@ -4,13 +4,14 @@
 use std::net::SocketAddrV4;
 use std::time::Instant;
 
-use smoltcp::iface::SocketHandle;
+use smoltcp::iface::SocketSet;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::tcp;
 use smoltcp::wire::{
     Icmpv4DstUnreachable, IpAddress, IpListenEndpoint, Ipv4Repr, TcpControl, TcpPacket, TcpRepr,
 };
 
+use super::budget::touched;
 use super::dns_tcp::DNS_PORT;
 use super::flows::{FlowId, FlowKind, TcpKey};
 use super::{Nat, NatAction, NatProtocol};
@@ -56,15 +57,10 @@ impl Nat {
 
     /// The current state of a TCP flow (`None` when it is gone or still connecting).
     pub fn tcp_status(&mut self, flow: FlowId) -> Option<TcpStatus> {
-        let FlowKind::Tcp {
-            handle,
-            connecting: None,
-            ..
-        } = self.flows.get(&flow)?.kind
-        else {
+        if !self.tcp_established(flow) {
             return None;
-        };
-        let socket = self.sockets.get::<tcp::Socket>(handle);
+        }
+        let socket = self.socket(flow)?;
         let readable = socket.recv_queue();
         let send_space = if socket.may_send() {
             socket.send_capacity() - socket.send_queue()
@@ -101,14 +97,14 @@ impl Nat {
         let remote = SocketAddrV4::new(ip.dst_addr, segment.dst_port);
         let vm = SocketAddrV4::new(ip.src_addr, segment.src_port);
         if ip.dst_addr == self.dns_ip && segment.dst_port == DNS_PORT {
-            self.feed(now, packet);
+            self.poll_dns(now, Some(packet));
             self.after_dns_tcp(now);
             return true;
         }
         let key = TcpKey { vm, remote };
         if let Some(&flow) = self.tcp_flows.get(&key) {
             self.touch(flow, now);
-            self.feed(now, packet);
+            self.poll_flow(now, flow, Some(packet));
             self.mark_dirty(flow);
             self.reap_tcp(flow);
             return true;
@@ -116,7 +112,7 @@ impl Nat {
         let is_syn = segment.control == TcpControl::Syn && segment.ack_number.is_none();
         if !is_syn {
             // Not a flow we know: smoltcp answers with RST (RST itself is ignored).
-            self.feed(now, packet);
+            self.feed_unknown(now, packet);
             return true;
         }
         self.open_outbound_tcp(now, ip, &segment, packet, segment_bytes)
@@ -160,21 +156,23 @@ impl Nat {
         {
             return false;
         }
-        let handle = self.sockets.add(socket);
+        let mut sockets = SocketSet::new(Vec::with_capacity(1));
+        let handle = sockets.add(socket);
         let flow = self.new_flow(
             now,
             ip.src_addr,
             FlowKind::Tcp {
                 key,
+                sockets,
                 handle,
+                through: [0, 0],
+                charged: 0,
                 connecting: Some((*ip, quote(segment_bytes))),
             },
         );
         self.tcp_flows.insert(key, flow);
-        self.tcp_by_handle.insert(handle, flow);
-        // The listener takes the SYN now, before any other listener could.
-        self.feed(now, packet);
-        if self.sockets.get::<tcp::Socket>(handle).state() != tcp::State::SynReceived {
+        self.poll_flow(now, flow, Some(packet));
+        if self.socket(flow).map(tcp::Socket::state) != Some(tcp::State::SynReceived) {
             // smoltcp refused the SYN (bad options): forget the flow.
             self.remove_flow(flow, false);
             return false;
@@ -191,18 +189,18 @@ impl Nat {
             return false;
         };
         let FlowKind::Tcp {
-            handle, connecting, ..
+            sockets,
+            handle,
+            connecting,
+            ..
         } = &mut entry.kind
         else {
             return false;
         };
-        let handle = *handle;
         *connecting = None;
         entry.last_active = now;
-        self.sockets
-            .get_mut::<tcp::Socket>(handle)
-            .pause_synack(false);
-        self.poll(now);
+        sockets.get_mut::<tcp::Socket>(*handle).pause_synack(false);
+        self.poll_flow(now, flow, None);
         self.mark_dirty(flow);
         true
     }
@@ -213,7 +211,6 @@ impl Nat {
             return;
         };
         let FlowKind::Tcp {
-            handle,
             connecting: Some(syn),
             ..
         } = &entry.kind
@@ -221,12 +218,13 @@ impl Nat {
             return;
         };
         self.stats.connect_failed += 1;
-        let handle = *handle;
         match why {
             ConnectFailure::Refused => {
                 // Abort in SYN-RECEIVED sends the RST (RFC 9293 3.10.7.4).
-                self.sockets.get_mut::<tcp::Socket>(handle).abort();
-                self.poll(now);
+                if let Some(socket) = self.socket_mut(flow) {
+                    socket.abort();
+                }
+                self.poll_flow(now, flow, None);
             }
             ConnectFailure::Unreachable | ConnectFailure::TimedOut => {
                 let (ip, quoted) = *syn;
@@ -238,10 +236,12 @@ impl Nat {
 
     /// Takes up to `max` bytes the VM sent on `flow` (for the host socket).
     pub fn tcp_recv(&mut self, now: Instant, flow: FlowId, max: usize) -> Vec<u8> {
-        let Some(handle) = self.tcp_handle(flow) else {
+        if !self.tcp_established(flow) {
+            return Vec::new();
+        }
+        let Some(socket) = self.socket_mut(flow) else {
             return Vec::new();
         };
-        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
         let mut data = Vec::new();
         while data.len() < max {
             let taken = socket.recv(|buffer| {
@@ -256,76 +256,86 @@ impl Nat {
         }
         if !data.is_empty() {
             self.stats.bytes_out += data.len() as u64;
+            self.recharge(flow, [data.len() as u64, 0]);
             self.touch(flow, now);
             // The window opened: tell the VM.
-            self.poll(now);
+            self.poll_flow(now, flow, None);
         }
         data
     }
 
     /// Queues host data for the VM; returns how much fit.
     pub fn tcp_send(&mut self, now: Instant, flow: FlowId, data: &[u8]) -> usize {
-        let Some(handle) = self.tcp_handle(flow) else {
+        if !self.tcp_established(flow) {
+            return 0;
+        }
+        let Some(socket) = self.socket_mut(flow) else {
             return 0;
         };
-        let sent = self
-            .sockets
-            .get_mut::<tcp::Socket>(handle)
-            .send_slice(data)
-            .unwrap_or(0);
+        let sent = socket.send_slice(data).unwrap_or(0);
         if sent > 0 {
             self.stats.bytes_in += sent as u64;
+            self.recharge(flow, [0, sent as u64]);
             self.touch(flow, now);
-            self.poll(now);
+            self.poll_flow(now, flow, None);
         }
         sent
     }
 
     /// The host closed its side: FIN to the VM after what is queued.
     pub fn tcp_host_eof(&mut self, now: Instant, flow: FlowId) {
-        if let Some(handle) = self.tcp_handle(flow) {
-            self.sockets.get_mut::<tcp::Socket>(handle).close();
-            self.poll(now);
+        if self.tcp_established(flow)
+            && let Some(socket) = self.socket_mut(flow)
+        {
+            socket.close();
+            self.poll_flow(now, flow, None);
             self.reap_tcp(flow);
         }
     }
 
     /// The host connection failed: RST to the VM, flow removed.
     pub fn tcp_abort(&mut self, now: Instant, flow: FlowId) {
-        if let Some(handle) = self.tcp_handle(flow) {
-            self.sockets.get_mut::<tcp::Socket>(handle).abort();
-            self.poll(now);
+        if self.tcp_established(flow)
+            && let Some(socket) = self.socket_mut(flow)
+        {
+            socket.abort();
+            self.poll_flow(now, flow, None);
             self.remove_flow(flow, true);
         }
     }
 
-    pub(super) fn tcp_handle(&self, flow: FlowId) -> Option<SocketHandle> {
-        match self.flows.get(&flow)?.kind {
-            FlowKind::Tcp {
-                handle,
+    /// A TCP flow past its host connect.
+    pub(super) fn tcp_established(&self, flow: FlowId) -> bool {
+        matches!(
+            self.flows.get(&flow).map(|f| &f.kind),
+            Some(FlowKind::Tcp {
                 connecting: None,
                 ..
-            } => Some(handle),
-            _ => None,
-        }
+            })
+        )
     }
 
     /// Removes a TCP flow whose connection is over (both sides closed, or reset).
-    fn reap_tcp(&mut self, flow: FlowId) {
-        let Some(FlowKind::Tcp { handle, .. }) = self.flows.get(&flow).map(|f| &f.kind) else {
+    pub(super) fn reap_tcp(&mut self, flow: FlowId) {
+        let Some(state) = self.socket(flow).map(tcp::Socket::state) else {
             return;
         };
-        let state = self.sockets.get::<tcp::Socket>(*handle).state();
         // TIME-WAIT protects nothing here: the host side has its own.
         if matches!(state, tcp::State::Closed | tcp::State::TimeWait) {
             self.remove_flow(flow, true);
         }
     }
 
+    /// A socket with buffers sized by the budget (see `budget`).
     pub(super) fn new_tcp_socket(&self) -> tcp::Socket<'static> {
+        let budget = &self.config.buffer_budget;
+        let rx = budget.size_for(self.config.tcp_rx_buffer);
+        let tx = budget.size_for(self.config.tcp_tx_buffer);
+        // Zeroed allocations: pages the flow never fills are never touched, so an idle
+        // flow costs the pages its few bytes went through, not the whole capacity.
         let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; self.config.tcp_rx_buffer]),
-            tcp::SocketBuffer::new(vec![0; self.config.tcp_tx_buffer]),
+            tcp::SocketBuffer::new(vec![0; rx]),
+            tcp::SocketBuffer::new(vec![0; tx]),
         );
         // We forward what we get at once; delaying small writes only adds latency.
         socket.set_nagle_enabled(false);
@@ -335,6 +345,32 @@ impl Nat {
         socket.set_timeout(Some(vm_timeout));
         socket.set_keep_alive(Some(vm_timeout));
         socket
+    }
+
+    /// Counts `bytes` more through `flow`'s buffers (from the VM, for the VM) and charges
+    /// the budget for the pages they can have touched. Charges only grow while the flow
+    /// lives: touched pages stay touched.
+    pub(super) fn recharge(&mut self, flow: FlowId, bytes: [u64; 2]) {
+        let Some(FlowKind::Tcp {
+            sockets,
+            handle,
+            through,
+            charged,
+            ..
+        }) = self.flows.get_mut(&flow).map(|f| &mut f.kind)
+        else {
+            return;
+        };
+        through[0] += bytes[0];
+        through[1] += bytes[1];
+        let socket = sockets.get::<tcp::Socket>(*handle);
+        let now = touched(socket.recv_capacity(), through[0])
+            + touched(socket.send_capacity(), through[1]);
+        if now > *charged {
+            self.config.buffer_budget.charge(now - *charged);
+            self.stats.buffer_bytes += now - *charged;
+            *charged = now;
+        }
     }
 
     fn push_reset(&mut self, ip: &Ipv4Repr, segment: &TcpRepr) {

@@ -87,6 +87,11 @@ fn nat_syn_ack_waits_for_the_host_connect() {
         panic!("expected a connect");
     };
     assert_eq!((vm, host), (SocketAddrV4::new(VM_IP, 41234), to));
+    // The paused SYN-ACK is no timer: the driver's loop must not spin while it connects.
+    assert!(
+        nat.poll_timeout()
+            .is_some_and(|at| at > now + Duration::from_secs(1))
+    );
     // A retransmitted SYN starts nothing new.
     gateway.handle_frame(now, &tcp_frame(to, TcpControl::Syn, 1000, None));
     assert_eq!(gateway.nat_mut().unwrap().poll_action(), None);
@@ -273,4 +278,104 @@ fn nat_ping_reply_keeps_the_vms_identifier() {
             data: b"abcdefgh"
         }
     );
+}
+
+/// Each flow ends at its own deadline: a timer per flow, not a periodic scan. A flow that
+/// stays active re-arms when its old deadline fires.
+#[test]
+fn nat_flows_time_out_at_their_own_deadlines() {
+    let t0 = Instant::now();
+    let idle = NatConfig::default().udp_idle_timeout;
+    let mut gateway = nat_gateway(t0);
+    let send = |gateway: &mut Gateway, at: Instant, port: u16| {
+        let from = SocketAddrV4::new(VM_IP, port);
+        let to = SocketAddrV4::new(INTERNET, 7);
+        gateway.handle_frame(at, &udp_frame(VM_MAC, GW_MAC, from, to, b"x"));
+        match gateway.nat_mut().unwrap().poll_action() {
+            Some(NatAction::UdpSend { flow, .. }) => flow,
+            other => panic!("expected a UDP send, got {other:?}"),
+        }
+    };
+    let a = send(&mut gateway, t0, 5000);
+    let b = send(&mut gateway, t0 + Duration::from_secs(30), 5001);
+    assert_eq!(gateway.nat_mut().unwrap().poll_timeout(), Some(t0 + idle));
+    // `a` is used again: its first deadline finds it active and re-arms.
+    send(&mut gateway, t0 + Duration::from_secs(60), 5000);
+    gateway.handle_timeout(t0 + idle);
+    let nat = gateway.nat_mut().unwrap();
+    assert_eq!(nat.poll_action(), None);
+    assert_eq!(
+        nat.poll_timeout(),
+        Some(t0 + Duration::from_secs(30) + idle)
+    );
+    gateway.handle_timeout(t0 + Duration::from_secs(30) + idle);
+    let nat = gateway.nat_mut().unwrap();
+    assert_eq!(nat.poll_action(), Some(NatAction::Close { flow: b }));
+    assert_eq!(
+        nat.poll_timeout(),
+        Some(t0 + Duration::from_secs(60) + idle)
+    );
+    gateway.handle_timeout(t0 + Duration::from_secs(60) + idle);
+    let nat = gateway.nat_mut().unwrap();
+    assert_eq!(nat.poll_action(), Some(NatAction::Close { flow: a }));
+    assert_eq!(nat.stats().flows_active, [0, 0, 0]);
+}
+
+/// Opens a TCP flow from VM port 41234 to `to` and establishes it; returns its id.
+fn open_tcp(gateway: &mut Gateway, now: Instant, to: SocketAddrV4) -> FlowId {
+    gateway.handle_frame(now, &tcp_frame(to, TcpControl::Syn, 1000, None));
+    let nat = gateway.nat_mut().unwrap();
+    let action = nat.poll_action();
+    let Some(NatAction::TcpConnect { flow, .. }) = action else {
+        panic!(
+            "expected a connect to {to}, got {action:?}: {:?}",
+            nat.stats()
+        );
+    };
+    assert!(nat.handle_tcp_connected(now, flow));
+    // The VM's ACK of the SYN-ACK: established.
+    let (_, syn_ack) = parse_tcp(&one_frame(gateway));
+    let ack = (syn_ack.seq_number + 1).0 as u32;
+    gateway.handle_frame(now, &tcp_frame(to, TcpControl::None, 1001, Some(ack)));
+    drain(gateway);
+    flow
+}
+
+/// Flows are charged for the buffer pages their bytes can have touched, not for the
+/// buffers' size; once the charges near the relay-wide limit, new flows get smaller
+/// buffers (windows). Every charge comes back when flows and LANs go.
+#[test]
+fn nat_buffers_are_charged_by_the_bytes_through_them() {
+    let now = Instant::now();
+    let full = 256 * 1024;
+    let budget = BufferBudget::new(4 * 2 * full);
+    let config = NatConfig {
+        buffer_budget: budget.clone(),
+        ..NatConfig::default()
+    };
+    let mut gateway = gateway();
+    gateway.enable_nat(config.clone(), now);
+    let mut other_lan = self::gateway();
+    other_lan.enable_nat(config, now);
+    // Ten idle flows: a page each way each, full-size windows all the same.
+    let flows: Vec<FlowId> = (0..10)
+        .map(|i| open_tcp(&mut gateway, now, SocketAddrV4::new(INTERNET, 80 + i)))
+        .collect();
+    let nat = gateway.nat_mut().unwrap();
+    assert_eq!(nat.stats().buffer_bytes, 10 * 2 * 4096);
+    assert_eq!(nat.tcp_status(flows[9]).unwrap().send_space, full);
+    // Bytes for the VM: the charge follows them, up to the buffer's size.
+    assert_eq!(nat.tcp_send(now, flows[0], &[7; 10_000]), 10_000);
+    assert_eq!(nat.stats().buffer_bytes, 9 * 2 * 4096 + 4096 + 12_288);
+    // Memory near the limit (other LANs' flows): the next flow's window is smaller.
+    budget.charge(7 * full);
+    let small = open_tcp(&mut other_lan, now, SocketAddrV4::new(INTERNET, 80));
+    let nat = other_lan.nat_mut().unwrap();
+    assert!(nat.tcp_status(small).unwrap().send_space <= 64 * 1024);
+    nat.tcp_abort(now, small);
+    assert_eq!(nat.stats().buffer_bytes, 0);
+    budget.give(7 * full);
+    drop(gateway);
+    drop(other_lan);
+    assert_eq!(budget.used(), 0, "a LAN that goes gives its charges back");
 }

@@ -4,7 +4,10 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use gateway::{NatConfig, PolicyRule};
+use gateway::{BufferBudget, NatConfig, PolicyRule};
+
+/// 512 MiB: a thousand busy flows at full size (256 KiB each way), or 65,536 idle ones.
+const DEFAULT_BUFFER_BUDGET: usize = 512 << 20;
 use serde::Deserialize;
 use smoltcp::wire::Ipv4Cidr;
 
@@ -24,6 +27,9 @@ pub struct NatSection {
     pub denied_tcp_ports: Vec<u16>,
     /// Each way, per TCP flow.
     pub tcp_buffer_bytes: usize,
+    /// NAT buffer memory of all LANs together (what flows' bytes can have touched); flows
+    /// opened while it is near get smaller buffers (smaller windows), down to 4 KiB.
+    pub buffer_budget_bytes: usize,
     pub max_tcp_flows_per_vm: usize,
     pub max_udp_flows_per_vm: usize,
     pub new_flows_per_sec: u32,
@@ -47,6 +53,7 @@ impl Default for NatSection {
             deny: Vec::new(),
             denied_tcp_ports: core.policy.denied_tcp_ports.clone(),
             tcp_buffer_bytes: core.tcp_rx_buffer,
+            buffer_budget_bytes: DEFAULT_BUFFER_BUDGET,
             max_tcp_flows_per_vm: core.max_tcp_flows_per_vm,
             max_udp_flows_per_vm: core.max_udp_flows_per_vm,
             new_flows_per_sec: core.new_flows_per_sec,
@@ -76,6 +83,14 @@ pub(crate) fn core_config(section: &NatSection) -> Result<NatConfig, String> {
             section.tcp_buffer_bytes
         ));
     }
+    if section.buffer_budget_bytes < 2 * section.tcp_buffer_bytes {
+        return Err(format!(
+            "buffer_budget_bytes = {} is less than one flow's buffers (2 x tcp_buffer_bytes = {}); \
+             raise it (default {DEFAULT_BUFFER_BUDGET}) or lower tcp_buffer_bytes",
+            section.buffer_budget_bytes,
+            2 * section.tcp_buffer_bytes
+        ));
+    }
     if section.connect_timeout_secs == 0 {
         return Err("connect_timeout_secs must be at least 1 (default 10)".to_owned());
     }
@@ -89,6 +104,7 @@ pub(crate) fn core_config(section: &NatSection) -> Result<NatConfig, String> {
         tcp_idle_timeout: Duration::from_secs(section.tcp_idle_timeout_secs.max(1)),
         tcp_vm_timeout: Duration::from_secs(section.vm_timeout_secs.max(1)),
         udp_idle_timeout: Duration::from_secs(section.udp_idle_timeout_secs.max(1)),
+        buffer_budget: BufferBudget::new(section.buffer_budget_bytes),
         ..NatConfig::default()
     };
     config.policy.allow_private = section.allow_private;

@@ -147,6 +147,11 @@ pub(crate) fn resolve_target(
     }
 }
 
+/// Flows listed one by one in the admin API; the counts cover all of them. A LAN with
+/// tens of thousands of flows would otherwise hold its gateway task (and its packets)
+/// while a megabyte of JSON is built.
+const MAX_LISTED_FLOWS: usize = 1000;
+
 /// Leases and flows of one LAN, as the admin API shows them.
 pub(crate) fn describe(gateway: &gateway::Gateway, now: Instant) -> serde_json::Value {
     let leases: Vec<serde_json::Value> = gateway
@@ -166,6 +171,7 @@ pub(crate) fn describe(gateway: &gateway::Gateway, now: Instant) -> serde_json::
         .nat()
         .map(|nat| {
             nat.flows()
+                .take(MAX_LISTED_FLOWS)
                 .map(|flow| {
                     serde_json::json!({
                         "id": flow.id.0,
@@ -179,5 +185,22 @@ pub(crate) fn describe(gateway: &gateway::Gateway, now: Instant) -> serde_json::
         })
         .unwrap_or_default();
     let internet = gateway.nat().is_some_and(|nat| nat.internet());
-    serde_json::json!({ "leases": leases, "flows": flows, "internet": internet })
+    let (flow_counts, buffer_bytes) = match gateway.nat() {
+        Some(nat) => {
+            let stats = nat.stats();
+            let counts: serde_json::Map<String, serde_json::Value> = gateway::NatProtocol::ALL
+                .iter()
+                .map(|p| (p.as_str().to_owned(), stats.flows_active[p.index()].into()))
+                .collect();
+            (counts, stats.buffer_bytes)
+        }
+        None => (serde_json::Map::new(), 0),
+    };
+    serde_json::json!({
+        "leases": leases,
+        "flows": flows,
+        "flow_counts": flow_counts,
+        "nat_buffer_bytes": buffer_bytes,
+        "internet": internet,
+    })
 }

@@ -85,6 +85,7 @@ pub(crate) struct GatewaySums {
     nat_connect_failed: u64,
     nat_timeouts: u64,
     dns_tcp_connections: u64,
+    nat_buffer_bytes: u64,
     fragments: u64,
     fragments_reassembled: u64,
     fragment_drops: gateway::FragDropCounts,
@@ -150,6 +151,7 @@ impl GatewaySums {
             sums.nat_timeouts = n.timeouts;
             sums.nat_fragmented = n.fragmented;
             sums.dns_tcp_connections = n.dns_tcp_connections as u64;
+            sums.nat_buffer_bytes = n.buffer_bytes as u64;
         }
         sums
     }
@@ -179,6 +181,7 @@ impl GatewaySums {
             self.active_leases += other.active_leases;
             add_all(&mut self.nat_flows_active, &other.nat_flows_active);
             self.dns_tcp_connections += other.dns_tcp_connections;
+            self.nat_buffer_bytes += other.nat_buffer_bytes;
         }
     }
 }
@@ -354,6 +357,11 @@ impl GatewaySums {
                 "nat_timeouts",
                 "NAT flows ended by an idle or handshake timeout",
                 self.nat_timeouts,
+            ),
+            Family::gauge(
+                "nat_buffer_bytes",
+                "Bytes of TCP flow buffers (both ways) NAT flows hold from nat.buffer_budget_bytes",
+                self.nat_buffer_bytes as i64,
             ),
             Family::gauge(
                 "nat_host_tasks",

@@ -135,19 +135,30 @@ impl NatHost {
         let guard = TaskGuard::new(&self.shared.tasks);
         let task = tokio::spawn(async move {
             let _guard = guard;
-            let mut buffer = vec![0; 65536];
             loop {
-                let from = match socket.recv_from(&mut buffer).await {
-                    Ok((n, SocketAddr::V4(from))) => (n, from),
-                    Ok(_) => continue,
+                // The datagram lands on the worker's stack and leaves as an exact copy:
+                // an idle flow's task holds no 64 KiB buffer (it was most of a UDP flow's
+                // memory).
+                let received = match socket.readable().await {
+                    Ok(()) => {
+                        let mut buffer = [0u8; 65536];
+                        match socket.try_recv_from(&mut buffer) {
+                            Ok((n, SocketAddr::V4(from))) => Ok(to_event(&buffer[..n], from)),
+                            Ok(_) => Ok(None),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
+                let event = match received {
+                    Ok(Some(event)) => event,
+                    Ok(None) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(_) => {
                         // A persistent error must not spin a core.
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
-                };
-                let Some(event) = to_event(&buffer[..from.0], from.1) else {
-                    continue;
                 };
                 if events.send(event).await.is_err() {
                     return;

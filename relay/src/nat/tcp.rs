@@ -6,9 +6,9 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use gateway::{FlowId, TcpStatus};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc};
@@ -126,11 +126,19 @@ pub(super) fn push_to_vm(nat: &mut gateway::Nat, now: Instant, flow: FlowId, tcp
     }
 }
 
+/// Reads up to this much leave as an exact copy; larger ones keep their chunk.
+const SMALL_READ: usize = 16 * 1024;
+
 /// Reads the host side of a flow: credits first (so at most [`HOST_READ_BUDGET`] bytes wait
 /// outside smoltcp), then the VM's bandwidth budget when it has one.
+///
+/// The read buffer is taken only once the socket is readable, and let go after a read
+/// that emptied the socket: an idle flow holds none (a 64 KiB chunk per idle reader was
+/// most of an idle flow's memory), while a bulk transfer, whose reads fill their budget,
+/// keeps reclaiming the same allocation once the gateway task has taken the data.
 async fn read_host(
     flow: FlowId,
-    mut read_half: OwnedReadHalf,
+    read_half: OwnedReadHalf,
     credits: Arc<Semaphore>,
     events: mpsc::Sender<HostEvent>,
     pacer: Option<Arc<Pacer>>,
@@ -144,16 +152,39 @@ async fn read_host(
         };
         let budget = permit.num_permits();
         permit.forget();
-        buffer.reserve(budget);
-        let mut limited = (&mut read_half).take(budget as u64);
-        let event = match limited.read_buf(&mut buffer).await {
+        let result = match read_half.readable().await {
+            Ok(()) => {
+                buffer.reserve(budget);
+                // `limit`: never more than the credits taken, whatever the capacity.
+                read_half.try_read_buf(&mut (&mut buffer).limit(budget))
+            }
+            Err(e) => Err(e),
+        };
+        let event = match result {
             Ok(0) => HostEvent::Eof(flow),
             Ok(n) => {
                 credits.add_permits(budget - n);
                 if let Some(pacer) = &pacer {
                     pacer.down(n).await;
                 }
-                HostEvent::Data(flow, buffer.split().freeze())
+                let data = if n <= SMALL_READ {
+                    let data = Bytes::copy_from_slice(&buffer);
+                    buffer.clear();
+                    data
+                } else {
+                    buffer.split().freeze()
+                };
+                if n < budget {
+                    // The socket is empty for now: hold nothing while it stays so.
+                    buffer = BytesMut::new();
+                }
+                HostEvent::Data(flow, data)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // A spurious wake-up: give the credits and the buffer back, wait again.
+                credits.add_permits(budget);
+                buffer = BytesMut::new();
+                continue;
             }
             Err(_) => HostEvent::Failed(flow),
         };
