@@ -5,7 +5,8 @@
 // request and reply; tab A downloads the last minutes as pcapng. Saves
 // test-artifacts/demo-chromium.png, demo-chromium-b.png, demo-packets.png and
 // demo-packets.pcapng.
-// Env: V86_RELAY_ADDR=127.0.0.1:PORT (required), V86_RELAY_LAN (default "classroom").
+// Env: V86_RELAY_ADDR=127.0.0.1:PORT (required), V86_RELAY_LAN (default "classroom"),
+// V86_RELAY_DEMO_MTU=65520 (both tabs on a jumbo LAN: eth0 has that MTU, 30000-byte pings pass).
 // Prints `TIMING name ms` lines and `DEMO-CHROMIUM OK` on success.
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
@@ -18,6 +19,9 @@ if (!addr) {
   process.exit(2);
 }
 const lan = process.env.V86_RELAY_LAN || "classroom";
+// V86_RELAY_DEMO_MTU=65520: both tabs pick the large MTU (the first one's join creates the LAN with it).
+const mtu = process.env.V86_RELAY_DEMO_MTU || "";
+const mtuQuery = mtu ? `&mtu=${mtu}` : "";
 const artifacts = path.join(repo, "test-artifacts");
 const timing = (what, since) => console.log(`TIMING ${what} ${Date.now() - since}`);
 const t0 = Date.now();
@@ -44,7 +48,7 @@ async function open(host, extra = "") {
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error(`[${host}] page error: ${e}`));
   page.on("console", (m) => m.type() === "error" && console.error(`[${host}] console: ${m.text()}`));
-  await page.goto(`http://${addr}/?lan=${lan}&host=${host}${extra}`);
+  await page.goto(`http://${addr}/?lan=${lan}&host=${host}${extra}${mtuQuery}`);
   await page.waitForSelector("#boot:not([disabled])");
   pages.push({ host, page });
   return page;
@@ -96,6 +100,13 @@ async function main() {
   const pa = await run(a, "ping -c 2 -W 3 vm-b");
   if (pa.rc !== 0 || !pa.output.includes(readyB.ip)) throw new Error(`vm-a cannot ping vm-b:\n${pa.output}`);
   timing("ping_each_other", t);
+  if (mtu) {
+    const link = await run(a, "cat /sys/class/net/eth0/mtu");
+    if (!link.output.includes(mtu)) throw new Error(`vm-a's eth0 MTU is not ${mtu}:\n${link.output}`);
+    const big = await run(b, `ping -c 2 -W 3 -s 30000 vm-a`);
+    if (big.rc !== 0) throw new Error(`a 30000-byte ping does not pass at MTU ${mtu}:\n${big.output}`);
+    console.log(`MTU ${mtu}: eth0 has it, 30000-byte pings pass`);
+  }
 
   // The LAN panel of tab A lists both machines with their names and addresses.
   await a.waitForFunction(

@@ -24,23 +24,41 @@ pub(crate) struct Captured {
     pub(crate) frame: Bytes,
 }
 
-/// Frames a capture lost because its queue was full, by the port that sent them.
+/// Ports whose losses a capture counts without a lock; a LAN with more ports counts the
+/// rest in a list under a lock.
+const DROP_SLOTS: usize = 16;
+
+/// Frames a capture lost because its queue was full, by the port that sent them. Counted
+/// under the LAN's lock for every frame a stalled reader loses, so the common case is two
+/// atomic operations: a slot per port (its id + 1, 0 while free) and its count.
 #[derive(Debug, Default)]
 pub(crate) struct TapDrops {
-    /// All ports together: lets the reader skip the map while nothing was lost.
+    /// All ports together: lets the reader skip the slots while nothing was lost.
     total: AtomicU64,
-    /// Per port; a LAN has few ports, and a short list scans faster than a map hashes
-    /// (this is counted under the LAN's lock, once per lost frame).
-    by_port: Mutex<Vec<(PortId, u64)>>,
+    slots: [(AtomicU64, AtomicU64); DROP_SLOTS],
+    more: Mutex<Vec<(PortId, u64)>>,
 }
 
 impl TapDrops {
     fn count(&self, port: PortId) {
         self.total.fetch_add(1, Relaxed);
-        let mut by_port = lock(&self.by_port);
-        match by_port.iter_mut().find(|(p, _)| *p == port) {
+        let key = port.0 + 1;
+        for (slot, lost) in &self.slots {
+            let held = slot.load(Relaxed);
+            let ours = held == key
+                || (held == 0 && {
+                    let claimed = slot.compare_exchange(0, key, Relaxed, Relaxed);
+                    claimed.is_ok() || claimed == Err(key)
+                });
+            if ours {
+                lost.fetch_add(1, Relaxed);
+                return;
+            }
+        }
+        let mut more = lock(&self.more);
+        match more.iter_mut().find(|(p, _)| *p == port) {
             Some((_, lost)) => *lost += 1,
-            None => by_port.push((port, 1)),
+            None => more.push((port, 1)),
         }
     }
 
@@ -49,18 +67,30 @@ impl TapDrops {
         if self.total.load(Relaxed) == 0 {
             return 0;
         }
-        let mut by_port = lock(&self.by_port);
-        let Some(at) = by_port.iter().position(|(p, _)| *p == port) else {
-            return 0;
-        };
-        let (_, lost) = by_port.swap_remove(at);
+        let key = port.0 + 1;
+        let mut lost = self
+            .slots
+            .iter()
+            .find(|(slot, _)| slot.load(Relaxed) == key)
+            .map_or(0, |(_, lost)| lost.swap(0, Relaxed));
+        let mut more = lock(&self.more);
+        if let Some(at) = more.iter().position(|(p, _)| *p == port) {
+            lost += more.swap_remove(at).1;
+        }
         self.total.fetch_sub(lost, Relaxed);
         lost
     }
 
     /// Every port's losses not yet taken.
     pub(crate) fn take_all(&self) -> Vec<(PortId, u64)> {
-        let all = std::mem::take(&mut *lock(&self.by_port));
+        let mut all = std::mem::take(&mut *lock(&self.more));
+        for (slot, lost) in &self.slots {
+            let key = slot.load(Relaxed);
+            let lost = lost.swap(0, Relaxed);
+            if key != 0 && lost > 0 {
+                all.push((PortId(key - 1), lost));
+            }
+        }
         self.total.store(0, Relaxed);
         all
     }
@@ -222,6 +252,26 @@ mod tests {
                 .start_capture(&lan, capture::Filter::all(), 2, 1)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn drops_are_counted_per_port_beyond_the_slots_too() {
+        let drops = TapDrops::default();
+        for port in 0..(DROP_SLOTS as u64 + 4) {
+            for _ in 0..=port {
+                drops.count(PortId(port));
+            }
+        }
+        assert_eq!(drops.take(PortId(3)), 4);
+        assert_eq!(drops.take(PortId(3)), 0);
+        assert_eq!(
+            drops.take(PortId(DROP_SLOTS as u64 + 2)),
+            DROP_SLOTS as u64 + 3
+        );
+        let rest: u64 = drops.take_all().iter().map(|(_, n)| n).sum();
+        let all: u64 = (1..=DROP_SLOTS as u64 + 4).sum();
+        assert_eq!(rest, all - 4 - (DROP_SLOTS as u64 + 3));
+        assert_eq!(drops.take(PortId(0)), 0);
     }
 
     #[test]
