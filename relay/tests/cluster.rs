@@ -133,16 +133,21 @@ fn ipv4_of(ns: &Netns) -> String {
         .to_owned()
 }
 
-/// A process in namespace `ns`, killed by PID on drop.
-fn spawn_in(ns: &Netns, args: &[&str]) -> Proc {
-    let child = Command::new("ip")
-        .args(["netns", "exec", &ns.name])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {args:?}: {e}"));
-    Proc(child)
+/// busybox httpd on port 8080 of `ns`, serving `mib` MiB of random bytes as `/big` from
+/// `dir`; returns it and the file's sha256.
+fn serve_random_file(ns: &Netns, dir: &Path, mib: usize, seed: u32) -> (Proc, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    let sha = random_file(&dir.join("big"), mib, seed);
+    let httpd = ns.spawn_proc(&[
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        dir.to_str().unwrap(),
+    ]);
+    (httpd, sha)
 }
 
 #[test]
@@ -198,20 +203,7 @@ fn three_nodes_share_a_lan_and_survive_the_owner() {
     // 100 MB from vm3 (node-c) to vm2 (node-b): both non-owners, so every frame crosses
     // the bus twice (c -> owner a -> b).
     let www = scratch.0.join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    let expected = random_file(&www.join("big"), 100, 0x005e_edc1);
-    let _httpd = spawn_in(
-        &vm3,
-        &[
-            "busybox",
-            "httpd",
-            "-f",
-            "-p",
-            "8080",
-            "-h",
-            www.to_str().unwrap(),
-        ],
-    );
+    let (_httpd, expected) = serve_random_file(&vm3, &www, 100, 0x005e_edc1);
     wait_listening(&vm2, ip3, 8080);
     let started = Instant::now();
     let out = vm2.exec(&[
@@ -560,43 +552,24 @@ fn a_drained_owner_hands_its_lan_over_while_a_vm_downloads() {
     // vm1 downloads 24 MiB from vm2 at 4 MB/s (about 6 s) and pings the internet every
     // 100 ms, while node-a is drained.
     let www = scratch.0.join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    let expected = random_file(&www.join("big"), 24, 0x00d0_0d1e);
-    let _httpd = spawn_in(
-        &vm2,
-        &[
-            "busybox",
-            "httpd",
-            "-f",
-            "-p",
-            "8080",
-            "-h",
-            www.to_str().unwrap(),
-        ],
-    );
+    let (_httpd, expected) = serve_random_file(&vm2, &www, 24, 0x00d0_0d1e);
     wait_listening(&vm1, &ip2, 8080);
     let sums = scratch.0.join("download.sha");
     let pings = scratch.0.join("ping.txt");
-    let mut download = spawn_in(
-        &vm1,
-        &[
-            "sh",
-            "-c",
-            &format!(
-                "curl -sS --max-time 60 --limit-rate 4M http://{ip2}:8080/big | sha256sum > {}",
-                sums.display()
-            ),
-        ],
-    );
+    let mut download = vm1.spawn_proc(&[
+        "sh",
+        "-c",
+        &format!(
+            "curl -sS --max-time 60 --limit-rate 4M http://{ip2}:8080/big | sha256sum > {}",
+            sums.display()
+        ),
+    ]);
     let target = internet.addr();
-    let mut ping = spawn_in(
-        &vm1,
-        &[
-            "sh",
-            "-c",
-            &format!("ping -D -i 0.1 -W 1 -w 10 {target} > {}", pings.display()),
-        ],
-    );
+    let mut ping = vm1.spawn_proc(&[
+        "sh",
+        "-c",
+        &format!("ping -D -i 0.1 -W 1 -w 10 {target} > {}", pings.display()),
+    ]);
     std::thread::sleep(Duration::from_secs(2));
     let drained = run(&[
         "curl",

@@ -251,6 +251,15 @@ impl Ingress {
             0
         };
         self.cluster.stats.received(frames, payload.len());
+        if message.node == self.cluster.node {
+            // Frames this node's uplink sent before it won the claim: its ports are local
+            // now. Taken in, they would make a second port for one client (found by the
+            // benchmark: a client's MAC moved to it and its partner saw translated frames).
+            return self
+                .cluster
+                .stats
+                .count_drop(BusDrop::OwnNode, frames as u64);
+        }
         if self.lan.has_uplink() {
             return self
                 .cluster

@@ -19,6 +19,8 @@ labels::label_enum! {
         PublishFailed => "publish_failed",
         /// The owner has no room for another remote port on the LAN.
         LanFull => "lan_full",
+        /// Ingress this node sent itself before it became the LAN's owner.
+        OwnNode => "own_node",
     }
 }
 

@@ -1,7 +1,6 @@
 //! The "internet" side of NAT tests: a namespace behind a veth pair on 198.18.0.0/15, and
 //! a relay with metrics plus a VM namespace that has its DHCP lease.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::netns::*;
@@ -45,14 +44,7 @@ impl Internet {
 
     /// A process inside the namespace, killed by PID on drop.
     pub fn spawn(&self, args: &[&str]) -> Proc {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns.name])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {args:?}: {e}"));
-        Proc(child)
+        self.ns.spawn_proc(args)
     }
 }
 

@@ -90,6 +90,18 @@ impl Netns {
         false
     }
 
+    /// A process inside this namespace (output discarded), killed by PID on drop.
+    pub fn spawn_proc(&self, args: &[&str]) -> Proc {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {args:?}: {e}"));
+        Proc(child)
+    }
+
     /// Runs `f` on a thread inside this namespace (sockets it opens live here).
     pub fn spawn<T: Send + 'static>(
         &self,
