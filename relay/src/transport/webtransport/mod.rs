@@ -196,7 +196,7 @@ pub(crate) fn reload_certificate(
     let identity = tokio::runtime::Handle::current().block_on(load_identity(cert, key))?;
     configured
         .endpoint
-        .reload_config(server_config(app, configured.addr, identity), false)
+        .reload_config(server_config(app, configured.addr, None, identity), false)
         .map_err(|e| format!("WebTransport could not take the new certificate: {e}"))
 }
 
