@@ -10,6 +10,9 @@ trap 'rm -f "$log"' EXIT
 
 scripts/setup-test-deps.sh
 cargo fmt --all -- --check
+# The layer check reads the dependency graph offline: fetch the locked crates first (a fresh
+# machine has none yet).
+cargo fetch --locked --quiet
 # One-way layers (docs/architecture.md): fails on a back-edge; the self-test proves it would.
 python3 scripts/check-layers.py --self-test
 python3 scripts/check-layers.py
