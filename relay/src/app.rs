@@ -24,9 +24,11 @@ use crate::lan::LanRegistry;
 use crate::nat::{NatShared, PingMode, host_addresses};
 use crate::reload::{ConfigSource, Reloader};
 use crate::transport::TransportContext;
-use crate::transport::webrtc::{self, WebRtcStartError};
-use crate::transport::webtransport::{self, WebTransportShared, WebTransportStartError};
-use crate::transport::wisp::{Resolver, WispShared};
+use crate::transport::webrtc::{self, WebRtc, WebRtcStartError};
+use crate::transport::webtransport::{
+    self, WebTransportShared, WebTransportStartError, WebTransportStats,
+};
+use crate::transport::wisp::{Resolver, WispShared, WispStats};
 
 /// A running relay.
 #[derive(Debug)]
@@ -138,6 +140,45 @@ struct Gateways {
     upstream: Upstream,
     /// This node's part of the cluster, with `[cluster]`.
     cluster: Option<Arc<Cluster>>,
+}
+
+/// The transports' own counters, for `/metrics`.
+struct TransportStats {
+    webtransport: Arc<WebTransportStats>,
+    webrtc: Option<Arc<WebRtc>>,
+    wisp: Arc<WispStats>,
+}
+
+/// What `/metrics` reads and what the admin API on the same listener acts on.
+fn metrics_and_admin(
+    ctx: &Arc<TransportContext>,
+    gateways: &Gateways,
+    transports: TransportStats,
+    reloader: &Arc<Reloader>,
+    listen: SocketAddr,
+) -> (metrics::Sources, admin::AdminState) {
+    let sources = metrics::Sources {
+        admission: ctx.admission.clone(),
+        lans: ctx.lans.clone(),
+        gateways: gateways.stats.clone(),
+        gateway_totals: gateways.totals.clone(),
+        forwards: gateways.forwards.clone(),
+        webtransport: transports.webtransport,
+        webrtc: transports.webrtc,
+        wisp: transports.wisp,
+        cluster: gateways.cluster.clone(),
+    };
+    let admin = admin::AdminState {
+        ctx: ctx.clone(),
+        reload: reloader.clone(),
+        lans: ctx.lans.clone(),
+        directory: gateways.directory.clone(),
+        forwards: gateways.forwards.clone(),
+        token: ctx.config().server.admin_token.clone(),
+        listen,
+        cluster: gateways.cluster.clone(),
+    };
+    (sources, admin)
 }
 
 async fn start_gateways(
@@ -277,27 +318,13 @@ impl Relay {
         });
         let metrics_addr = match ctx.config().server.metrics_listen {
             Some(addr) => {
-                let sources = metrics::Sources {
-                    admission: ctx.admission.clone(),
-                    lans: lans.clone(),
-                    gateways: gateways.stats.clone(),
-                    gateway_totals: gateways.totals.clone(),
-                    forwards: gateways.forwards.clone(),
+                let transports = TransportStats {
                     webtransport: webtransport_shared.stats.clone(),
                     webrtc: webrtc.clone(),
                     wisp: wisp.stats.clone(),
-                    cluster: gateways.cluster.clone(),
                 };
-                let admin = admin::AdminState {
-                    ctx: ctx.clone(),
-                    reload: reloader.clone(),
-                    lans: lans.clone(),
-                    directory: gateways.directory.clone(),
-                    forwards: gateways.forwards.clone(),
-                    token: ctx.config().server.admin_token.clone(),
-                    listen: addr,
-                    cluster: gateways.cluster.clone(),
-                };
+                let (sources, admin) =
+                    metrics_and_admin(&ctx, &gateways, transports, &reloader, addr);
                 Some(serve_metrics(&servers, &ctx, addr, sources, admin).await?)
             }
             None => None,

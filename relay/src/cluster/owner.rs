@@ -62,10 +62,23 @@ enum LeaseWrite {
     Fenced,
 }
 
+#[derive(Clone, Copy)]
 enum End {
     Removed,
     Lost,
     Drained,
+}
+
+/// What an owner keeps while it serves a LAN.
+struct Serving {
+    key: String,
+    /// The claim's value, written on every renewal.
+    value: Bytes,
+    claim: OwnedClaim,
+    lease_revision: Option<u64>,
+    lease_changes: watch::Receiver<Option<dhcp::LeaseSnapshot>>,
+    /// A lease write failed: tried again at the next renewal.
+    dirty: bool,
 }
 
 async fn run(cluster: Arc<Cluster>, lan: Arc<Lan>, uplink: Arc<BusUplink>) {
@@ -177,47 +190,15 @@ impl Cluster {
     async fn serve(
         self: &Arc<Self>,
         lan: &Arc<Lan>,
-        mut claim: OwnedClaim,
+        claim: OwnedClaim,
         taken_over: bool,
         uplink: &Arc<BusUplink>,
     ) -> End {
         let key = lan.name().as_str().to_owned();
-        let value = claim_value(&self.node, claim.epoch);
-        // The leases as the last owner left them.
-        let (mut lease_revision, leases) = match self.leases.entry(key.clone()).await {
-            Ok(Some(entry)) if entry.operation == Operation::Put => (
-                Some(entry.revision),
-                serde_json::from_slice::<dhcp::LeaseSnapshot>(&entry.value).ok(),
-            ),
-            Ok(Some(entry)) => (Some(entry.revision), None),
-            Ok(None) => (None, None),
-            Err(e) => {
-                // Serving without the LAN's leases could hand a live VM's address to
-                // another: give the claim back and try again.
-                tracing::warn!(lan = %key, "cluster: cannot read the LAN's leases: {e}");
-                let _ = self
-                    .owners
-                    .delete_expect_revision(&key, Some(claim.revision))
-                    .await;
-                return End::Lost;
-            }
+        let Some((lease_revision, leases)) = self.read_leases(&key, &claim).await else {
+            return End::Lost;
         };
-        let counter = if taken_over {
-            &self.stats.claims_taken_over
-        } else {
-            &self.stats.claims_won
-        };
-        counter.fetch_add(1, Relaxed);
-        tracing::info!(lan = %key, epoch = claim.epoch, "cluster: this node owns the LAN ({} leases)", leases.as_ref().map_or(0, |l| l.leases.len()));
-        self.set_role(
-            lan,
-            LanRole {
-                owned: true,
-                owner: Some(self.node.clone()),
-                epoch: claim.epoch,
-                remote_ports_served: 0,
-            },
-        );
+        self.announce_owned(lan, &claim, taken_over, leases.as_ref());
         lan.set_uplink(None);
         let ingress = match remote::start_ingress(self, lan, claim.epoch).await {
             Ok(stop) => stop,
@@ -226,7 +207,7 @@ impl Cluster {
                 CancellationToken::new()
             }
         };
-        let (published, mut lease_changes) = watch::channel(None);
+        let (published, lease_changes) = watch::channel(None);
         let stop = CancellationToken::new();
         let gateway = self.gateways.start(
             &self.registry,
@@ -237,65 +218,15 @@ impl Cluster {
                 published,
             }),
         );
-        let mut dirty = false;
-        let mut gateway_gone = gateway.is_none();
-        let end = loop {
-            let deadline = tokio::time::Instant::from_std(claim.poll_timeout());
-            tokio::select! {
-                _ = lan.removed() => break End::Removed,
-                _ = self.draining.cancelled() => break End::Drained,
-                _ = tokio::time::sleep_until(deadline) => {
-                    let now = Instant::now();
-                    if !claim.may_serve(now) {
-                        tracing::error!(lan = %key, "cluster: the claim could not be renewed in time; this node stops serving the LAN");
-                        break End::Lost;
-                    }
-                    if claim.renew_due(now) {
-                        claim.renewal_sent(now);
-                        let serve_until = tokio::time::Instant::from_std(now + self.timing.serve_for());
-                        match tokio::time::timeout_at(serve_until, self.owners.update(&key, value.clone(), claim.revision)).await {
-                            Ok(Ok(revision)) => claim.handle_renewed(revision, now),
-                            Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => {
-                                self.stats.renew_failures.fetch_add(1, Relaxed);
-                                tracing::error!(lan = %key, "cluster: another node holds the claim now; this node stops serving the LAN");
-                                break End::Lost;
-                            }
-                            Ok(Err(e)) => {
-                                self.stats.renew_failures.fetch_add(1, Relaxed);
-                                tracing::warn!(lan = %key, "cluster: renewing the claim failed: {e}");
-                            }
-                            Err(_) => {
-                                self.stats.renew_failures.fetch_add(1, Relaxed);
-                                tracing::warn!(lan = %key, "cluster: renewing the claim timed out");
-                            }
-                        }
-                        if dirty {
-                            match self.store_leases(&key, &lease_changes, &mut lease_revision).await {
-                                LeaseWrite::Stored => dirty = false,
-                                LeaseWrite::Failed => {}
-                                LeaseWrite::Fenced => break End::Lost,
-                            }
-                        }
-                    }
-                }
-                changed = lease_changes.changed(), if !gateway_gone => {
-                    if changed.is_err() {
-                        // The gateway stopped by itself (the LAN is going); its last
-                        // leases are still in the channel.
-                        gateway_gone = true;
-                        continue;
-                    }
-                    match self.store_leases(&key, &lease_changes, &mut lease_revision).await {
-                        LeaseWrite::Stored => dirty = false,
-                        LeaseWrite::Failed => dirty = true,
-                        LeaseWrite::Fenced => {
-                            tracing::error!(lan = %key, "cluster: another node wrote the LAN's leases; this node stops serving the LAN");
-                            break End::Lost;
-                        }
-                    }
-                }
-            }
+        let mut serving = Serving {
+            value: claim_value(&self.node, claim.epoch),
+            key,
+            claim,
+            lease_revision,
+            lease_changes,
+            dirty: false,
         };
+        let end = self.serve_loop(lan, &mut serving, gateway.is_none()).await;
         // Stop serving first: frames of local ports go to the bus, the gateway stops.
         if !matches!(end, End::Removed) {
             lan.set_uplink(Some(uplink.clone() as Arc<dyn Uplink>));
@@ -309,22 +240,156 @@ impl Cluster {
                 .nat_flows_lost
                 .fetch_add(exit.flows_open as u64, Relaxed);
         }
+        self.finish(lan, end, &mut serving).await;
+        end
+    }
+
+    /// The leases as the last owner left them (revision, snapshot); `None` when they cannot
+    /// be read, after giving the claim back.
+    async fn read_leases(
+        &self,
+        key: &str,
+        claim: &OwnedClaim,
+    ) -> Option<(Option<u64>, Option<dhcp::LeaseSnapshot>)> {
+        match self.leases.entry(key).await {
+            Ok(Some(entry)) if entry.operation == Operation::Put => Some((
+                Some(entry.revision),
+                serde_json::from_slice::<dhcp::LeaseSnapshot>(&entry.value).ok(),
+            )),
+            Ok(Some(entry)) => Some((Some(entry.revision), None)),
+            Ok(None) => Some((None, None)),
+            Err(e) => {
+                // Serving without the LAN's leases could hand a live VM's address to
+                // another: give the claim back and try again.
+                tracing::warn!(lan = %key, "cluster: cannot read the LAN's leases: {e}");
+                let _ = self
+                    .owners
+                    .delete_expect_revision(key, Some(claim.revision))
+                    .await;
+                None
+            }
+        }
+    }
+
+    fn announce_owned(
+        &self,
+        lan: &Lan,
+        claim: &OwnedClaim,
+        taken_over: bool,
+        leases: Option<&dhcp::LeaseSnapshot>,
+    ) {
+        let counter = if taken_over {
+            &self.stats.claims_taken_over
+        } else {
+            &self.stats.claims_won
+        };
+        counter.fetch_add(1, Relaxed);
+        tracing::info!(lan = %lan.name(), epoch = claim.epoch, "cluster: this node owns the LAN ({} leases)", leases.map_or(0, |l| l.leases.len()));
+        self.set_role(
+            lan,
+            LanRole {
+                owned: true,
+                owner: Some(self.node.clone()),
+                epoch: claim.epoch,
+                remote_ports_served: 0,
+            },
+        );
+    }
+
+    /// Renews the claim and stores lease changes until the serving ends.
+    async fn serve_loop(&self, lan: &Lan, s: &mut Serving, mut gateway_gone: bool) -> End {
+        loop {
+            let deadline = tokio::time::Instant::from_std(s.claim.poll_timeout());
+            tokio::select! {
+                _ = lan.removed() => return End::Removed,
+                _ = self.draining.cancelled() => return End::Drained,
+                _ = tokio::time::sleep_until(deadline) => {
+                    if let Some(end) = self.on_claim_timer(s).await {
+                        return end;
+                    }
+                }
+                changed = s.lease_changes.changed(), if !gateway_gone => {
+                    if changed.is_err() {
+                        // The gateway stopped by itself (the LAN is going); its last
+                        // leases are still in the channel.
+                        gateway_gone = true;
+                        continue;
+                    }
+                    match self.store_leases(&s.key, &s.lease_changes, &mut s.lease_revision).await {
+                        LeaseWrite::Stored => s.dirty = false,
+                        LeaseWrite::Failed => s.dirty = true,
+                        LeaseWrite::Fenced => {
+                            tracing::error!(lan = %s.key, "cluster: another node wrote the LAN's leases; this node stops serving the LAN");
+                            return End::Lost;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The claim's timer: stop when it can no longer be served, renew when due (and retry a
+    /// lease write that failed). `Some` ends the serving.
+    async fn on_claim_timer(&self, s: &mut Serving) -> Option<End> {
+        let now = Instant::now();
+        if !s.claim.may_serve(now) {
+            tracing::error!(lan = %s.key, "cluster: the claim could not be renewed in time; this node stops serving the LAN");
+            return Some(End::Lost);
+        }
+        if !s.claim.renew_due(now) {
+            return None;
+        }
+        s.claim.renewal_sent(now);
+        let serve_until = tokio::time::Instant::from_std(now + self.timing.serve_for());
+        let update = self
+            .owners
+            .update(&s.key, s.value.clone(), s.claim.revision);
+        match tokio::time::timeout_at(serve_until, update).await {
+            Ok(Ok(revision)) => s.claim.handle_renewed(revision, now),
+            Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                self.stats.renew_failures.fetch_add(1, Relaxed);
+                tracing::error!(lan = %s.key, "cluster: another node holds the claim now; this node stops serving the LAN");
+                return Some(End::Lost);
+            }
+            Ok(Err(e)) => {
+                self.stats.renew_failures.fetch_add(1, Relaxed);
+                tracing::warn!(lan = %s.key, "cluster: renewing the claim failed: {e}");
+            }
+            Err(_) => {
+                self.stats.renew_failures.fetch_add(1, Relaxed);
+                tracing::warn!(lan = %s.key, "cluster: renewing the claim timed out");
+            }
+        }
+        if s.dirty {
+            match self
+                .store_leases(&s.key, &s.lease_changes, &mut s.lease_revision)
+                .await
+            {
+                LeaseWrite::Stored => s.dirty = false,
+                LeaseWrite::Failed => {}
+                LeaseWrite::Fenced => return Some(End::Lost),
+            }
+        }
+        None
+    }
+
+    /// After serving: count a lost claim, or hand the final leases and then the claim over
+    /// so the next node starts with every address that was given out.
+    async fn finish(&self, lan: &Arc<Lan>, end: End, s: &mut Serving) {
         match end {
             End::Lost => {
                 self.stats.claims_lost.fetch_add(1, Relaxed);
             }
             End::Removed | End::Drained => {
-                // Hand over: the final leases, then the claim, so the next node starts
-                // with every address that was given out.
-                self.store_leases(&key, &lease_changes, &mut lease_revision)
+                self.store_leases(&s.key, &s.lease_changes, &mut s.lease_revision)
                     .await;
                 let _ = self
                     .owners
-                    .delete_expect_revision(&key, Some(claim.revision))
+                    .delete_expect_revision(&s.key, Some(s.claim.revision))
                     .await;
                 if matches!(end, End::Drained) {
                     self.stats.claims_handed_over.fetch_add(1, Relaxed);
-                    tracing::info!(lan = %key, "cluster: LAN handed over (drain)");
+                    tracing::info!(lan = %s.key, "cluster: LAN handed over (drain)");
                 }
             }
         }
@@ -332,7 +397,6 @@ impl Cluster {
         if !matches!(end, End::Removed) {
             self.registry.release_service(lan);
         }
-        end
     }
 
     /// Writes the gateway's latest leases to the cluster; true when stored.

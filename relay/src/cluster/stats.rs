@@ -69,8 +69,7 @@ impl ClusterStats {
         owned: usize,
         connected: bool,
     ) -> Vec<Family> {
-        let get = |a: &AtomicU64| a.load(Relaxed);
-        vec![
+        let mut families = vec![
             Family::gauge(
                 "cluster_nats_connected",
                 "1 while this node's NATS connection is up",
@@ -91,6 +90,16 @@ impl ClusterStats {
                 "ports this node serves, as owner, for clients of other nodes",
                 self.remote_ports_served.load(Relaxed),
             ),
+        ];
+        families.extend(self.bus_families());
+        families.extend(self.claim_families());
+        families
+    }
+
+    /// The bus's traffic: frames, bytes, messages and drops.
+    fn bus_families(&self) -> [Family; 4] {
+        let get = |a: &AtomicU64| a.load(Relaxed);
+        [
             Family::counters_by(
                 "cluster_bus_frames",
                 "Ethernet frames over the cluster bus, by direction",
@@ -120,6 +129,13 @@ impl ClusterStats {
                     .iter()
                     .map(|r| (r.as_str(), get(&self.drops[r.index()]))),
             ),
+        ]
+    }
+
+    /// LAN claims and what they cost when they move.
+    fn claim_families(&self) -> [Family; 4] {
+        let get = |a: &AtomicU64| a.load(Relaxed);
+        [
             Family::counters_by(
                 "cluster_ownership_changes",
                 "LAN claims this node won (new, or taken over from a silent owner) and gave up (lost, or handed over by a drain)",

@@ -58,6 +58,9 @@ fn token_ok(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// A rejected key: (key, its value, the problem, the fix).
+type Invalid = (&'static str, String, &'static str, String);
+
 impl ClusterSection {
     pub fn enabled(&self) -> bool {
         !self.nats_urls.is_empty()
@@ -89,10 +92,34 @@ impl ClusterSection {
     }
 
     /// Checks the section; the error names the key, the problem and the fix.
-    pub(crate) fn validate(&self) -> Result<(), (&'static str, String, &'static str, String)> {
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
         if !self.enabled() {
             return Ok(());
         }
+        self.validate_names()?;
+        self.validate_credentials()?;
+        if !(3..=600).contains(&self.lease_ttl_secs) {
+            return Err((
+                "cluster.lease_ttl_secs",
+                self.lease_ttl_secs.to_string(),
+                "out of range",
+                "use 3 to 600 (default 10): a dead owner's LANs move after about this long"
+                    .to_owned(),
+            ));
+        }
+        if !(1..=120).contains(&self.connect_timeout_secs) {
+            return Err((
+                "cluster.connect_timeout_secs",
+                self.connect_timeout_secs.to_string(),
+                "out of range",
+                "use 1 to 120 (default 5)".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The NATS URLs, the node's name and the subject prefix.
+    fn validate_names(&self) -> Result<(), Invalid> {
         for url in &self.nats_urls {
             let scheme_ok = ["nats://", "tls://", "ws://", "wss://"]
                 .iter()
@@ -123,15 +150,11 @@ impl ClusterSection {
                 "keep the default v86relay, or one word per cluster".to_owned(),
             ));
         }
-        if !(3..=600).contains(&self.lease_ttl_secs) {
-            return Err((
-                "cluster.lease_ttl_secs",
-                self.lease_ttl_secs.to_string(),
-                "out of range",
-                "use 3 to 600 (default 10): a dead owner's LANs move after about this long"
-                    .to_owned(),
-            ));
-        }
+        Ok(())
+    }
+
+    /// The token, user and password, and the TLS files.
+    fn validate_credentials(&self) -> Result<(), Invalid> {
         if self.token.is_some() && (self.user.is_some() || self.password.is_some()) {
             return Err((
                 "cluster.token",
@@ -168,14 +191,6 @@ impl ClusterSection {
                     "give the path of a PEM file this process can read".to_owned(),
                 ));
             }
-        }
-        if !(1..=120).contains(&self.connect_timeout_secs) {
-            return Err((
-                "cluster.connect_timeout_secs",
-                self.connect_timeout_secs.to_string(),
-                "out of range",
-                "use 1 to 120 (default 5)".to_owned(),
-            ));
         }
         Ok(())
     }

@@ -21,10 +21,10 @@ use bytes::Bytes;
 use gateway::Gateway;
 use tokio::sync::mpsc;
 
-use crate::config::Config;
+use crate::config::{Config, NetworkConfig};
 use crate::lan::{Lan, LanHooks, LanRegistry, Port, PortReceiver};
 use crate::nat::{EVENT_QUEUE, HostEvent, NatHost, NatShared};
-use crate::shared::Transport;
+use crate::shared::{LanName, Transport};
 use commands::{GatewayCommand, GatewayDirectory, resolve_target};
 use leases::LeaseStore;
 use stats::{GatewayStatsRegistry, GatewaySums, GatewayTotals, LeaseEventKind};
@@ -77,37 +77,14 @@ impl GatewayHooks {
         cluster: Option<ClusterRun>,
     ) -> Option<tokio::task::JoinHandle<GatewayExit>> {
         let name = lan.name().as_str();
-        // The config's settings, a first join's MTU and a teacher's (gateway_port/settings.rs).
-        let network = match self
-            .directory
-            .settings
-            .for_new_lan(&self.config, lan.name())
-        {
-            Ok(network) => network,
+        let (mut gateway, network) = match self.new_gateway(lan.name()) {
+            Ok(Some(built)) => built,
+            Ok(None) => return None,
             Err(e) => {
                 tracing::error!(lan = %name, "no gateway: {e}");
                 return None;
             }
         };
-        if !network.gateway_enabled {
-            return None;
-        }
-        // The config was checked at start-up for every named LAN and for the defaults.
-        let services = match network.services(name) {
-            Ok(services) => services,
-            Err(e) => {
-                tracing::error!(lan = %name, "no gateway: {e}");
-                return None;
-            }
-        };
-        let dhcp = match dhcp::DhcpServer::new(services.dhcp) {
-            Ok(dhcp) => dhcp,
-            Err(e) => {
-                tracing::error!(lan = %name, "no gateway: {e}");
-                return None;
-            }
-        };
-        let mut gateway = Gateway::new(services.gateway, dhcp, dns::DnsProxy::new(services.dns));
         let (host_events_tx, host_events) = mpsc::channel(EVENT_QUEUE);
         let nat_host = self.nat.as_ref().map(|shared| {
             gateway.enable_nat(shared.config(), Instant::now());
@@ -151,6 +128,21 @@ impl GatewayHooks {
         self.directory.register(lan.name(), commands_tx);
         self.directory.settings.started(lan.name(), &network);
         Some(tokio::spawn(driver.run(queue, host_events, commands)))
+    }
+
+    /// The sans-IO gateway of a new LAN and the settings it runs with; `None` when the
+    /// LAN's network has no gateway.
+    fn new_gateway(&self, lan: &LanName) -> Result<Option<(Gateway, NetworkConfig)>, String> {
+        // The config's settings, a first join's MTU and a teacher's (gateway_port/settings.rs).
+        let network = self.directory.settings.for_new_lan(&self.config, lan)?;
+        if !network.gateway_enabled {
+            return Ok(None);
+        }
+        // The config was checked at start-up for every named LAN and for the defaults.
+        let services = network.services(lan.as_str()).map_err(|e| e.to_string())?;
+        let dhcp = dhcp::DhcpServer::new(services.dhcp).map_err(|e| e.to_string())?;
+        let gateway = Gateway::new(services.gateway, dhcp, dns::DnsProxy::new(services.dns));
+        Ok(Some((gateway, network)))
     }
 }
 

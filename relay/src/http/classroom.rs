@@ -13,12 +13,14 @@
 //! GET    /admin/lans/{name}/settings         the teacher's settings and the effective ones
 //! ```
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -73,7 +75,31 @@ pub(super) fn router(state: Arc<AdminState>) -> Router {
 pub(super) type Refusal = (StatusCode, String);
 
 /// The LAN named in the path and who asks for it, or why not (see [`authorize_lan`]).
-pub(super) fn lan_caller(
+/// The LAN named in the path and who may act on it (the admin, or a teacher with a join
+/// token for that LAN); refused with the status and a one-line reason.
+pub(super) struct LanAccess {
+    pub(super) lan: LanName,
+    pub(super) caller: Caller,
+}
+
+impl FromRequestParts<Arc<AdminState>> for LanAccess {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AdminState>,
+    ) -> Result<Self, Response> {
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let name = params.get("name").map_or("", String::as_str);
+        let (lan, caller) = lan_caller(state, name, &parts.headers, &parts.uri)
+            .map_err(|(status, message)| error(status, message))?;
+        Ok(LanAccess { lan, caller })
+    }
+}
+
+fn lan_caller(
     state: &AdminState,
     name: &str,
     headers: &HeaderMap,
@@ -123,15 +149,10 @@ struct InternetSwitch {
 /// already open stay.
 async fn set_internet(
     State(state): State<Arc<AdminState>>,
-    Path(name): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
+    access: LanAccess,
     body: Option<Json<InternetSwitch>>,
 ) -> Response {
-    let (lan, caller) = match lan_caller(&state, &name, &headers, &uri) {
-        Ok(checked) => checked,
-        Err((status, message)) => return error(status, message),
-    };
+    let LanAccess { lan, caller } = access;
     let Some(Json(InternetSwitch { enabled })) = body else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -176,14 +197,10 @@ async fn set_internet(
 /// its DHCP leases, so its address is free for the next machine.
 async fn remove_machine(
     State(state): State<Arc<AdminState>>,
-    Path((name, mac)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
+    Path((_, mac)): Path<(String, String)>,
+    access: LanAccess,
 ) -> Response {
-    let (lan, caller) = match lan_caller(&state, &name, &headers, &uri) {
-        Ok(checked) => checked,
-        Err((status, message)) => return error(status, message),
-    };
+    let LanAccess { lan, caller } = access;
     let Some(mac) = parse_mac(&mac) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -232,16 +249,8 @@ async fn remove_machine(
 
 /// `DELETE /admin/lans/{name}`: closes every client port; the LAN and its services go
 /// (its leases stay as a snapshot, as for any LAN that goes idle).
-async fn close_lan(
-    State(state): State<Arc<AdminState>>,
-    Path(name): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let (lan, caller) = match lan_caller(&state, &name, &headers, &uri) {
-        Ok(checked) => checked,
-        Err((status, message)) => return error(status, message),
-    };
+async fn close_lan(State(state): State<Arc<AdminState>>, access: LanAccess) -> Response {
+    let LanAccess { lan, caller } = access;
     let Some(closed) = state.lans.close_lan(&lan) else {
         return error(
             StatusCode::NOT_FOUND,
@@ -287,15 +296,10 @@ fn settings_answer(
 /// keeps its settings until it is closed (`DELETE /admin/lans/{name}`) or goes idle.
 async fn set_settings(
     State(state): State<Arc<AdminState>>,
-    Path(name): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
+    access: LanAccess,
     body: Option<Json<serde_json::Map<String, serde_json::Value>>>,
 ) -> Response {
-    let (lan, caller) = match lan_caller(&state, &name, &headers, &uri) {
-        Ok(checked) => checked,
-        Err((status, message)) => return error(status, message),
-    };
+    let LanAccess { lan, caller } = access;
     let Some(Json(body)) = body else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -324,16 +328,8 @@ async fn set_settings(
 }
 
 /// `GET /admin/lans/{name}/settings`.
-async fn get_settings(
-    State(state): State<Arc<AdminState>>,
-    Path(name): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let (lan, _) = match lan_caller(&state, &name, &headers, &uri) {
-        Ok(checked) => checked,
-        Err((status, message)) => return error(status, message),
-    };
+async fn get_settings(State(state): State<Arc<AdminState>>, access: LanAccess) -> Response {
+    let LanAccess { lan, .. } = access;
     let config = state.ctx.config();
     match state.directory.settings.next_start(&config, &lan) {
         Ok(next) => Json(settings_answer(&state, &lan, &next)).into_response(),

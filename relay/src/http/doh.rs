@@ -16,8 +16,7 @@ use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 
 use super::AppState;
 use crate::gateway_port::upstream::Upstream;
-use crate::shared::LanName;
-use crate::transport::wisp::{Requester, WISP_LAN};
+use crate::transport::wisp::authorize_http;
 use crate::transport::{ClientAddr, header_str, query_param, refused_response};
 
 /// The DoH media type (RFC 8484, section 6).
@@ -70,20 +69,9 @@ async fn serve(
     if !app.ctx.config().dns.doh {
         return problem(StatusCode::NOT_FOUND, "DNS over HTTPS is off ([dns] doh)");
     }
-    if app.ctx.admission.auth_enabled() {
-        let requester = Requester {
-            peer,
-            x_forwarded_for: header_str(headers, "x-forwarded-for").map(str::to_owned),
-            forwarded: header_str(headers, "forwarded").map(str::to_owned),
-        };
-        let lan = LanName::new(WISP_LAN).unwrap_or_else(|_| LanName::default_lan());
-        let token = query_param(uri.query(), "token");
-        if let Err(refused) = app
-            .ctx
-            .admit(&requester.join_request(&lan, token.as_deref()))
-        {
-            return refused_response(&refused);
-        }
+    let token = query_param(uri.query(), "token");
+    if let Err(refused) = authorize_http(&app.ctx, peer, headers, token.as_deref()) {
+        return refused_response(&refused);
     }
     if query.len() > MAX_MESSAGE {
         return problem(

@@ -24,7 +24,6 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 
-use crate::admission::JoinRequest;
 use crate::config::DefaultLan;
 use crate::gateway_port::commands::GatewayDirectory;
 use crate::gateway_port::leases::LeaseStore;
@@ -34,7 +33,7 @@ use crate::transport::webrtc::WebRtc;
 use crate::transport::webtransport::WebTransportShared;
 use crate::transport::wisp::WispShared;
 use crate::transport::{
-    ClientAddr, PRIVATE_LAN_PREFIX, TransportContext, bad_request, forbidden_origin, header_str,
+    ClientAddr, PRIVATE_LAN_PREFIX, TransportContext, bad_request, forbidden_origin, http_join,
     query_param, refused_response, websocket,
 };
 
@@ -132,14 +131,13 @@ async fn join(
         }
     };
     let token = query_param(uri.query(), "token");
-    let request = JoinRequest {
-        peer: peer.ip(),
-        x_forwarded_for: header_str(&headers, "x-forwarded-for"),
-        forwarded: header_str(&headers, "forwarded"),
-        lan: &lan,
-        token: token.as_deref(),
-        transport: Transport::WebSocket,
-    };
+    let request = http_join(
+        peer.ip(),
+        &headers,
+        &lan,
+        token.as_deref(),
+        Transport::WebSocket,
+    );
     let private = is_root && app.ctx.config().server.default_lan == DefaultLan::Private;
     // `?mtu=65520`: the MTU of a LAN this join creates (virtio guests; ne2k takes 1500).
     if let Some(mtu) = query_param(uri.query(), "mtu") {

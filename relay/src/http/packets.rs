@@ -36,7 +36,7 @@ use crate::admission::JoinRequest;
 use crate::gateway_port::leases::LeaseStore;
 use crate::lan::{CaptureError, CaptureTap, Captured};
 use crate::shared::LanName;
-use crate::transport::{ClientAddr, TransportContext, header_str, query_param};
+use crate::transport::{ClientAddr, TransportContext, http_join, query_param};
 
 /// How often lines go to the page.
 const BATCH: Duration = Duration::from_millis(250);
@@ -96,14 +96,13 @@ pub(super) async fn handler(
         return crate::transport::forbidden_origin(&refused);
     }
     let token = query_param(uri.query(), "token");
-    let request = JoinRequest {
-        peer: peer.ip(),
-        x_forwarded_for: header_str(&headers, "x-forwarded-for"),
-        forwarded: header_str(&headers, "forwarded"),
-        lan: &lan,
-        token: token.as_deref(),
-        transport: crate::shared::Transport::WebSocket,
-    };
+    let request = http_join(
+        peer.ip(),
+        &headers,
+        &lan,
+        token.as_deref(),
+        crate::shared::Transport::WebSocket,
+    );
     let by = match authorize(&app, &lan, token.as_deref(), &request) {
         Ok(by) => by,
         Err((status, text)) => return refuse(status, text),
@@ -156,6 +155,7 @@ enum Event {
     Page(Option<Message>),
     Batch,
     Gone,
+    Refresh,
 }
 
 impl View {
@@ -244,29 +244,28 @@ impl View {
                     event = frames => event,
                     () = gone => Event::Gone,
                     _ = batch.tick() => Event::Batch,
-                    _ = refresh.tick() => {
-                        self.refresh_names();
-                        if tap.is_none() {
-                            match self.start() {
-                                Ok(started) => {
-                                    tap = Some(started);
-                                    waiting = None;
-                                }
-                                Err(why) if waiting.as_ref() != Some(&why) => {
-                                    let status = json!({"type": "status", "text": why});
-                                    if socket.send(Message::Text(status.to_string().into())).await.is_err() {
-                                        return;
-                                    }
-                                    waiting = Some(why);
-                                }
-                                Err(_) => {}
-                            }
-                        }
-                        continue;
-                    }
+                    _ = refresh.tick() => Event::Refresh,
                 }
             };
             match event {
+                Event::Refresh => {
+                    self.refresh_names();
+                    if tap.is_none() {
+                        match self.start() {
+                            Ok(started) => {
+                                tap = Some(started);
+                                waiting = None;
+                            }
+                            Err(why) if waiting.as_ref() != Some(&why) => {
+                                if !send_status(&mut socket, &why).await {
+                                    return;
+                                }
+                                waiting = Some(why);
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                }
                 Event::Frame(Some(captured)) => {
                     let lost = tap.as_ref().map_or(0, |t| t.drops.take(captured.port));
                     self.frame(captured, lost);
@@ -281,20 +280,11 @@ impl View {
                     tap = None;
                     refresh.reset_immediately();
                 }
-                Event::Page(None) => return,
-                Event::Page(Some(Message::Text(text))) => match text.as_str() {
-                    "pause" => self.paused = true,
-                    "resume" => self.paused = false,
-                    "pcapng" => {
-                        let file = self.pcapng();
-                        if socket.send(Message::Binary(file)).await.is_err() {
-                            return;
-                        }
+                Event::Page(message) => {
+                    if !self.on_page(&mut socket, message).await {
+                        return;
                     }
-                    _ => {}
-                },
-                Event::Page(Some(Message::Close(_))) => return,
-                Event::Page(Some(_)) => {}
+                }
                 Event::Batch => {
                     if let Some(message) = self.batch()
                         && socket.send(Message::Text(message.into())).await.is_err()
@@ -303,6 +293,29 @@ impl View {
                     }
                 }
             }
+        }
+    }
+
+    /// A message from the page; false when the page is gone.
+    async fn on_page(&mut self, socket: &mut WebSocket, message: Option<Message>) -> bool {
+        match message {
+            None | Some(Message::Close(_)) => false,
+            Some(Message::Text(text)) => match text.as_str() {
+                "pause" => {
+                    self.paused = true;
+                    true
+                }
+                "resume" => {
+                    self.paused = false;
+                    true
+                }
+                "pcapng" => {
+                    let file = self.pcapng();
+                    socket.send(Message::Binary(file)).await.is_ok()
+                }
+                _ => true,
+            },
+            Some(_) => true,
         }
     }
 
@@ -398,6 +411,15 @@ impl View {
         writer.finish(Vec::new());
         Bytes::from(std::mem::take(&mut writer.out))
     }
+}
+
+/// Tells the page why there is nothing to show yet; false when the page is gone.
+async fn send_status(socket: &mut WebSocket, why: &str) -> bool {
+    let status = json!({"type": "status", "text": why});
+    socket
+        .send(Message::Text(status.to_string().into()))
+        .await
+        .is_ok()
 }
 
 #[cfg(test)]

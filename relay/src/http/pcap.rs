@@ -13,15 +13,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::extract::State;
+use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use capture::{Filter, Pcapng};
 use tokio::sync::{mpsc, oneshot};
 
 use super::admin::{AdminState, error};
-use super::classroom::lan_caller;
+use super::classroom::LanAccess;
 use crate::gateway_port::commands::GatewayCommand;
 use crate::lan::{CaptureError, CaptureTap, Captured};
 use crate::transport::query_param;
@@ -86,14 +86,9 @@ impl Options {
 
 pub(super) async fn handler(
     State(state): State<Arc<AdminState>>,
-    Path(name): Path<String>,
+    LanAccess { lan, caller }: LanAccess,
     uri: Uri,
-    headers: HeaderMap,
 ) -> Response {
-    let (lan, caller) = match lan_caller(&state, &name, &headers, &uri) {
-        Ok(checked) => checked,
-        Err((status, message)) => return error(status, message),
-    };
     let mut options = match Options::parse(uri.query()) {
         Ok(options) => options,
         Err(problem) => return error(StatusCode::BAD_REQUEST, problem),

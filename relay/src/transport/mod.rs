@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::admission::{Admission, Admitted, JoinRequest, Refused, audit_refused};
 use crate::config::{Config, OriginRefused};
 use crate::lan::LanRegistry;
-use crate::shared::LanName;
+use crate::shared::{LanName, Transport};
 
 /// What a transport needs from the application: the config, the LANs to join, the
 /// shutdown signal and the tracker that shutdown waits on.
@@ -113,6 +113,25 @@ pub(crate) const PRIVATE_LAN_PREFIX: &str = "private-";
 pub(crate) fn refused_response(refused: &Refused) -> Response {
     let status = StatusCode::from_u16(refused.status).unwrap_or(StatusCode::FORBIDDEN);
     (status, format!("{}\n", refused.message)).into_response()
+}
+
+/// A join over HTTP: the peer, its proxy headers (believed only from trusted proxies) and
+/// the URL's token.
+pub(crate) fn http_join<'a>(
+    peer: std::net::IpAddr,
+    headers: &'a axum::http::HeaderMap,
+    lan: &'a LanName,
+    token: Option<&'a str>,
+    transport: Transport,
+) -> JoinRequest<'a> {
+    JoinRequest {
+        peer,
+        x_forwarded_for: header_str(headers, "x-forwarded-for"),
+        forwarded: header_str(headers, "forwarded"),
+        lan,
+        token,
+        transport,
+    }
 }
 
 /// A header's value as text, when it is present and text.

@@ -24,9 +24,8 @@ use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
 
 use super::AppState;
-use crate::shared::LanName;
-use crate::transport::wisp::{Requester, WISP_LAN};
-use crate::transport::{ClientAddr, forbidden_origin, header_str, query_param, refused_response};
+use crate::transport::wisp::authorize_http;
+use crate::transport::{ClientAddr, forbidden_origin, query_param, refused_response};
 use fetch::{FetchError, Limits, Outgoing};
 
 /// The route's prefix.
@@ -73,18 +72,8 @@ async fn proxy(
     let (path_token, url) = split_path(request.uri()).map_err(|e| e.into_response())?;
     let token =
         path_token.or_else(|| query_param(request.uri().query(), "token").map(|t| t.into_owned()));
-    if app.ctx.admission.auth_enabled() {
-        let headers = request.headers();
-        let requester = Requester {
-            peer,
-            x_forwarded_for: header_str(headers, "x-forwarded-for").map(str::to_owned),
-            forwarded: header_str(headers, "forwarded").map(str::to_owned),
-        };
-        let lan = LanName::new(WISP_LAN).unwrap_or_else(|_| LanName::default_lan());
-        app.ctx
-            .admit(&requester.join_request(&lan, token.as_deref()))
-            .map_err(|refused| refused_response(&refused))?;
-    }
+    authorize_http(&app.ctx, peer, request.headers(), token.as_deref())
+        .map_err(|refused| refused_response(&refused))?;
     let (parts, body) = request.into_parts();
     let limit = usize::try_from(config.cors.max_body_bytes).unwrap_or(usize::MAX);
     let body = axum::body::to_bytes(body, limit).await.map_err(|_| {

@@ -13,10 +13,9 @@ use axum::routing::post;
 use tokio::sync::oneshot;
 
 use super::{Command, MAX_OFFER_BYTES, OFFER_PATH, WebRtc};
-use crate::admission::JoinRequest;
 use crate::config::{Config, OriginRefused};
 use crate::shared::{LanName, Transport};
-use crate::transport::{ClientAddr, TransportContext, forbidden_origin, header_str};
+use crate::transport::{ClientAddr, TransportContext, forbidden_origin, http_join};
 
 /// What the offer routes share.
 #[derive(Debug)]
@@ -121,14 +120,13 @@ async fn answer_offer(
             "the body is not text: POST the offer's SDP (pc.localDescription.sdp)".into(),
         )
     })?;
-    let join = JoinRequest {
-        peer: peer.ip(),
-        x_forwarded_for: header_str(headers, "x-forwarded-for"),
-        forwarded: header_str(headers, "forwarded"),
-        lan: &lan,
-        token: query.token.as_deref(),
-        transport: Transport::WebRtc,
-    };
+    let join = http_join(
+        peer.ip(),
+        headers,
+        &lan,
+        query.token.as_deref(),
+        Transport::WebRtc,
+    );
     let admitted = state.app.admit(&join).map_err(|refused| {
         let status = StatusCode::from_u16(refused.status).unwrap_or(StatusCode::FORBIDDEN);
         (status, refused.message)

@@ -166,6 +166,22 @@ pub(crate) fn router(ctx: Arc<TransportContext>, shared: Arc<WispShared>) -> Rou
         .with_state(state)
 }
 
+/// The check of an HTTP service that rides on Wisp's tokens (DNS over HTTPS, the CORS
+/// proxy): with `[auth]` on, the request needs a token good for the Wisp LAN.
+pub(crate) fn authorize_http(
+    ctx: &TransportContext,
+    peer: IpAddr,
+    headers: &axum::http::HeaderMap,
+    token: Option<&str>,
+) -> Result<(), Refused> {
+    if !ctx.admission.auth_enabled() {
+        return Ok(());
+    }
+    let lan = LanName::new(WISP_LAN).unwrap_or_else(|_| LanName::default_lan());
+    ctx.admit(&Requester::from_http(peer, headers).join_request(&lan, token))
+        .map(drop)
+}
+
 /// Who asked, as admission needs it again when a v2 client authenticates later.
 #[derive(Clone, Debug)]
 pub(crate) struct Requester {
@@ -175,6 +191,14 @@ pub(crate) struct Requester {
 }
 
 impl Requester {
+    pub(crate) fn from_http(peer: IpAddr, headers: &axum::http::HeaderMap) -> Self {
+        Requester {
+            peer,
+            x_forwarded_for: header_str(headers, "x-forwarded-for").map(str::to_owned),
+            forwarded: header_str(headers, "forwarded").map(str::to_owned),
+        }
+    }
+
     pub(crate) fn join_request<'a>(
         &'a self,
         lan: &'a LanName,
@@ -266,11 +290,7 @@ fn upgrade_into(
     } else {
         Version::V1
     };
-    let requester = Requester {
-        peer: peer.ip(),
-        x_forwarded_for: header_str(&headers, "x-forwarded-for").map(str::to_owned),
-        forwarded: header_str(&headers, "forwarded").map(str::to_owned),
-    };
+    let requester = Requester::from_http(peer.ip(), &headers);
     let token = query_param(uri.query(), "token");
     let setup = match admit(&state.ctx, requester, version, token.as_deref(), into_lan) {
         Ok(setup) => setup,
