@@ -1,8 +1,8 @@
 //! A boot storm against the real binary: 1,000 VMs join one LAN at once and each takes a
 //! DHCP lease (DISCOVER, OFFER, REQUEST, ACK) over its own WebSocket, and then all leave.
-//! The targets are 16 KiB of relay memory per booted VM and RSS back within 10 %
-//! of the start; this test prints both figures (docs/benchmarks.md records them: the first
-//! is not met yet) and fails on a regression past 48 KiB per VM or 15 % left behind.
+//! The targets, which this test asserts: at most 16 KiB of relay memory per booted
+//! VM, and RSS back within 10 % of the start once they have left (docs/benchmarks.md
+//! records the figures of several runs: 13.1 to 14.9 KiB, +6.5 to +8.1 %).
 
 mod common;
 
@@ -76,12 +76,12 @@ pool_end = "10.0.255.254"
     let _ = child.kill();
     let _ = child.wait();
     assert!(
-        per_vm <= 48.0,
-        "{per_vm:.1} KiB per booted VM: a regression"
+        per_vm <= 16.0,
+        "{per_vm:.1} KiB per booted VM: over the 16 KiB target"
     );
     assert!(
-        (after as f64) <= start as f64 * 1.15,
-        "RSS {after} KiB after the storm, {start} KiB before: a regression"
+        (after as f64) <= start as f64 * 1.10,
+        "RSS {after} KiB after the storm, {start} KiB before: more than 10 % left behind"
     );
 }
 
