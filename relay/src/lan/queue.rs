@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -23,6 +24,7 @@ const KEPT_CAPACITY: usize = 32;
 pub(crate) fn port_queue(bound: usize) -> (QueueSender, PortReceiver) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
+        len: AtomicUsize::new(0),
         receiver: AtomicWaker::new(),
     });
     let sender = QueueSender {
@@ -35,6 +37,9 @@ pub(crate) fn port_queue(bound: usize) -> (QueueSender, PortReceiver) {
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
+    /// `state.frames.len()`, readable without the lock: a flooded port refuses most frames
+    /// it is offered, and refusing must stay as cheap as a failed atomic.
+    len: AtomicUsize,
     /// The transport's task waiting for a frame.
     receiver: AtomicWaker,
 }
@@ -71,6 +76,9 @@ pub(crate) struct QueueSender {
 
 impl QueueSender {
     pub(crate) fn try_send(&self, frame: Bytes) -> Result<(), SendError> {
+        if self.shared.len.load(Relaxed) >= self.bound {
+            return Err(SendError::Full);
+        }
         let mut state = lock(&self.shared.state);
         if state.receiver_gone {
             return Err(SendError::Closed);
@@ -79,6 +87,7 @@ impl QueueSender {
             return Err(SendError::Full);
         }
         state.frames.push_back(frame);
+        self.shared.len.store(state.frames.len(), Relaxed);
         drop(state);
         self.shared.receiver.wake();
         Ok(())
@@ -107,6 +116,7 @@ impl PortReceiver {
                 false => TryRecvError::Empty,
             });
         };
+        self.shared.len.store(state.frames.len(), Relaxed);
         if state.frames.is_empty() && state.frames.capacity() > KEPT_CAPACITY {
             state.frames = VecDeque::new();
         }
@@ -141,6 +151,7 @@ impl Drop for PortReceiver {
         state.receiver_gone = true;
         // Queued frames would otherwise live as long as the LAN's handle on the queue.
         state.frames = VecDeque::new();
+        self.shared.len.store(0, Relaxed);
     }
 }
 
