@@ -11,7 +11,7 @@
 //! 7. `http`: the client router, `/net/info`, the demo, the admin API, `/metrics`.
 //! 8. [`app`] (starts everything), [`cli`] and [`tap`] (the binary's edge).
 //!
-//! A frame's path: `transport/websocket.rs` -> `lan/port.rs` (`Port::ingress`, the switch)
+//! A frame's path: `transport/websocket/mod.rs` -> `lan/port.rs` (`Port::ingress`, the switch)
 //! -> another port's queue, or the gateway port (`gateway_port/mod.rs`) -> the `gateway`
 //! crate -> `nat/` (host sockets) -> back the same way.
 #![warn(unreachable_pub)]

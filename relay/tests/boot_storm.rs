@@ -1,8 +1,9 @@
 //! A boot storm against the real binary: 1,000 VMs join one LAN at once and each takes a
 //! DHCP lease (DISCOVER, OFFER, REQUEST, ACK) over its own WebSocket, and then all leave.
-//! The targets are 16 KiB of relay memory per booted VM and RSS back within 10 %
-//! of the start; this test prints both figures (docs/benchmarks.md records them: the first
-//! is not met yet) and fails on a regression past 48 KiB per VM or 15 % left behind.
+//! The targets, which this test asserts: at most 16 KiB of relay memory per booted
+//! VM, and RSS back within 10 % of the start once they have left (docs/benchmarks.md
+//! records several runs: 11.7 to 12.2 KiB per VM measured 2 s after the last lease, 12.9 to
+//! 15.2 KiB right after it, +6.4 to +8.2 % left behind).
 
 mod common;
 
@@ -63,25 +64,30 @@ pool_end = "10.0.255.254"
     for client in clients {
         open.push(client.await.expect("a VM boots"));
     }
+    let at_once = rss_kib(child.id());
+    // What the booted VMs hold, not the storm's freed garbage: jemalloc returns freed pages
+    // after 1 s (.cargo/config.toml).
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let booted = rss_kib(child.id());
     drop(open);
     // Everyone left: after the grace the LAN retires, and jemalloc returns what it freed.
     tokio::time::sleep(Duration::from_secs(8)).await;
     let after = rss_kib(child.id());
     let per_vm = (booted.saturating_sub(start)) as f64 / VMS as f64;
+    let per_vm_at_once = (at_once.saturating_sub(start)) as f64 / VMS as f64;
     println!(
-        "boot storm: {VMS} VMs with leases in one LAN: relay RSS {start} KiB before, {booted} KiB with all of them ({per_vm:.1} KiB per VM), {after} KiB after they left ({:+.1} %)",
+        "boot storm: {VMS} VMs with leases in one LAN: relay RSS {start} KiB before, {at_once} KiB right after the last lease ({per_vm_at_once:.1} KiB per VM), {booted} KiB 2 s later ({per_vm:.1} KiB per VM), {after} KiB after they left ({:+.1} %)",
         (after as f64 - start as f64) * 100.0 / start as f64
     );
     let _ = child.kill();
     let _ = child.wait();
     assert!(
-        per_vm <= 48.0,
-        "{per_vm:.1} KiB per booted VM: a regression"
+        per_vm <= 16.0,
+        "{per_vm:.1} KiB per booted VM: over the 16 KiB target"
     );
     assert!(
-        (after as f64) <= start as f64 * 1.15,
-        "RSS {after} KiB after the storm, {start} KiB before: a regression"
+        (after as f64) <= start as f64 * 1.10,
+        "RSS {after} KiB after the storm, {start} KiB before: more than 10 % left behind"
     );
 }
 

@@ -18,8 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -101,7 +100,7 @@ async fn join(
     ConnectInfo(ClientAddr(peer)): ConnectInfo<ClientAddr>,
     uri: Uri,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<websocket::Handshake, websocket::HandshakeRefused>,
 ) -> Response {
     let lan = match lan_from_path(uri.path()) {
         Some(Ok(lan)) if lan.as_str().starts_with(PRIVATE_LAN_PREFIX) => {

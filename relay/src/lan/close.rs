@@ -101,7 +101,7 @@ mod tests {
         assert!(
             matches!(
                 rx_a.try_recv(),
-                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)
+                Err(crate::lan::queue::TryRecvError::Disconnected)
             ),
             "the closed port's queue ends, so its transport closes"
         );

@@ -9,6 +9,7 @@
 
 mod close;
 mod port;
+mod queue;
 mod shaping;
 mod tap;
 mod traffic;
@@ -21,12 +22,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use switch::{PortId, Switch, SwitchConfig};
-use tokio::sync::mpsc;
 
 use crate::config::{Config, Rates};
 use crate::shared::{LanName, Transport};
 
-pub(crate) use port::{Port, PortReceiver};
+pub(crate) use port::Port;
+pub(crate) use queue::PortReceiver;
 pub(crate) use tap::{CaptureError, CaptureTap, Captured};
 pub(crate) use traffic::{PortCounters, Totals, TrafficSnapshot};
 #[cfg(test)]
@@ -153,7 +154,7 @@ struct LanState {
 /// Where the switch puts a port's frames.
 #[derive(Debug)]
 struct PortOutput {
-    queue: mpsc::Sender<bytes::Bytes>,
+    queue: queue::QueueSender,
     /// Frames from other VMs to this port (`port_rate`).
     shaper: Arc<shaping::Shaper>,
     transport: Transport,
@@ -355,7 +356,7 @@ impl LanRegistry {
     ) -> (Port, PortReceiver) {
         let now = Instant::now();
         let id = PortId(self.next_port.fetch_add(1, Relaxed));
-        let (tx, rx) = mpsc::channel(self.limits.queue_frames);
+        let (tx, rx) = queue::port_queue(self.limits.queue_frames);
         let counters = Arc::new(PortCounters::default());
         let mut state = lock(&lan.state);
         // Ids are fresh, so the switch cannot already know this one.
@@ -494,14 +495,14 @@ impl Lan {
         };
         match output.queue.try_send(frame) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(queue::SendError::Full) => {
                 output.counters.queue_drops.fetch_add(1, Relaxed);
                 registry
                     .totals
                     .count_drop(crate::shared::DropReason::QueueFull);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(queue::SendError::Closed) => false,
         }
     }
 

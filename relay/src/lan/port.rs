@@ -8,14 +8,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use switch::translate::MacTranslation;
 use switch::{Forward as SwitchDecision, MacAddr, PortId};
-use tokio::sync::mpsc;
 
+use super::queue::SendError;
 use super::shaping::Shaper;
 use super::{Lan, LanRegistry, LanState, PortCounters, PortOutput, lock};
 use crate::shared::{DropReason, ETHERNET_HEADER_LEN, LanName, Transport};
-
-/// The frames waiting to be sent to one port's client.
-pub(crate) type PortReceiver = mpsc::Receiver<Bytes>;
 
 /// A transport's handle on its LAN. Dropping it leaves the LAN.
 #[derive(Debug)]
@@ -230,7 +227,7 @@ impl Port {
     fn deliver(&self, output: &PortOutput, frame: Bytes) -> bool {
         match output.queue.try_send(frame) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(SendError::Full) => {
                 output.counters.queue_drops.fetch_add(1, Relaxed);
                 self.registry
                     .totals
@@ -238,7 +235,7 @@ impl Port {
                 false
             }
             // The port is leaving; its frames no longer matter.
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(SendError::Closed) => false,
         }
     }
 }

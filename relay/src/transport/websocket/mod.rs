@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::TransportContext;
@@ -16,14 +18,14 @@ use crate::admission::{Admitted, Session};
 use crate::lan::{Port, PortCounters, PortReceiver};
 use crate::shared::{DropReason, LanName, Transport};
 
-/// Close code "going away" (RFC 6455): the relay is shutting down.
-const CLOSE_GOING_AWAY: u16 = 1001;
-/// Close code "try again later" (RFC 6455 registry): a relay limit refused the join.
-const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+mod batch;
+mod handshake;
+
+pub(crate) use handshake::{Handshake, HandshakeRefused, Socket};
+
 /// Most queued frames written before one flush: amortises syscalls over bursts.
 const WRITE_BATCH: usize = 64;
 
-/// Upgrades an HTTP request to a WebSocket client of LAN `lan`.
 /// Which LAN a WebSocket joins.
 #[derive(Debug)]
 pub(crate) enum Target {
@@ -33,31 +35,29 @@ pub(crate) enum Target {
     Private,
 }
 
+/// Answers a WebSocket handshake: the client becomes a port of its LAN.
 pub(crate) fn upgrade(
     app: Arc<TransportContext>,
     target: Target,
-    ws: WebSocketUpgrade,
+    handshake: Handshake,
     admitted: Admitted,
 ) -> Response {
     let config = app.config();
     let max_frame = config.limits.max_frame_size;
     let tracker = app.tasks.clone();
-    ws.read_buffer_size(config.websocket.read_buffer_bytes)
+    let socket_config = WebSocketConfig::default()
+        .read_buffer_size(config.websocket.read_buffer_bytes)
         .write_buffer_size(config.websocket.write_buffer_bytes)
         // Room above the frame limit, so an oversized frame is dropped and counted while
         // the connection stays open; beyond this the message is refused outright.
-        .max_message_size(max_frame + 64 * 1024)
-        .max_frame_size(max_frame + 64 * 1024)
-        .on_upgrade(move |socket| tracker.track_future(serve(app, target, socket, admitted)))
-        .into_response()
+        .max_message_size(Some(max_frame + 64 * 1024))
+        .max_frame_size(Some(max_frame + 64 * 1024));
+    handshake.accept(socket_config, move |socket| {
+        tracker.track_future(serve(app, target, socket, admitted))
+    })
 }
 
-async fn serve(
-    app: Arc<TransportContext>,
-    target: Target,
-    mut socket: WebSocket,
-    admitted: Admitted,
-) {
+async fn serve(app: Arc<TransportContext>, target: Target, mut socket: Socket, admitted: Admitted) {
     let (lan, first) = match target {
         Target::Lan(lan) => (lan, None),
         Target::Private => {
@@ -72,7 +72,7 @@ async fn serve(
         Err(refused) => {
             tracing::warn!(%lan, "connection refused: {refused}");
             let close = CloseFrame {
-                code: CLOSE_TRY_AGAIN_LATER,
+                code: CloseCode::Again,
                 reason: refused.to_string().into(),
             };
             let _ = socket.send(Message::Close(Some(close))).await;
@@ -101,7 +101,7 @@ async fn serve(
 }
 
 async fn read_loop(
-    mut stream: futures_util::stream::SplitStream<WebSocket>,
+    mut stream: futures_util::stream::SplitStream<Socket>,
     port: &Port,
     app: &TransportContext,
     stop: &CancellationToken,
@@ -123,7 +123,7 @@ async fn read_loop(
         match message {
             Some(Ok(Message::Binary(frame))) => port.ingress(now, frame),
             Some(Ok(Message::Text(_))) => port.count_drop(DropReason::TextMessage),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
             Some(Ok(Message::Close(_))) | None => return,
             Some(Err(error)) => {
                 tracing::debug!(port = %port.id(), "websocket error: {error}");
@@ -135,7 +135,7 @@ async fn read_loop(
 }
 
 async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut sink: futures_util::stream::SplitSink<Socket, Message>,
     mut queue: PortReceiver,
     app: Arc<TransportContext>,
     stop: CancellationToken,
@@ -177,7 +177,7 @@ async fn write_loop(
     }
     if app.shutdown.is_cancelled() {
         let close = CloseFrame {
-            code: CLOSE_GOING_AWAY,
+            code: CloseCode::Away,
             reason: "relay shutting down".into(),
         };
         let _ = tokio::time::timeout(
@@ -192,10 +192,10 @@ async fn write_loop(
 
 /// The client's first frame with a whole Ethernet header (v86 opens its socket on the
 /// guest's first frame, so it comes at once); `None` when the client leaves or stays silent.
-async fn first_frame(socket: &mut WebSocket, wait: Duration) -> Option<bytes::Bytes> {
+async fn first_frame(socket: &mut Socket, wait: Duration) -> Option<bytes::Bytes> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        match tokio::time::timeout_at(deadline, socket.recv())
+        match tokio::time::timeout_at(deadline, socket.next())
             .await
             .ok()??
         {
