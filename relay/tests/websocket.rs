@@ -385,3 +385,37 @@ async fn allowed_origins_refuse_other_pages_but_not_programs() {
     connect(&relay, "/lan/o").await;
     relay.shutdown().await;
 }
+
+/// A client that closes gets the closing handshake back, whether it had joined its LAN or
+/// was still waiting to be placed on a private one: never a connection that just ends.
+#[tokio::test]
+async fn a_client_that_closes_gets_the_closing_handshake_back() {
+    for private in [false, true] {
+        let mut config = test_config();
+        if private {
+            config.server.default_lan = relay::config::DefaultLan::Private;
+        }
+        let relay = start(config).await;
+        for round in 0..20u8 {
+            let mut ws = connect(&relay, if private { "/" } else { "/lan/closing" }).await;
+            if !private {
+                send(&mut ws, frame(BROADCAST, mac(round), 60, round.into())).await;
+            }
+            ws.send(Message::Close(None)).await.unwrap();
+            let answer = tokio::time::timeout(LONG, async {
+                loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Close(_))) => return Ok(()),
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => return Err(e.to_string()),
+                        None => return Err("the connection ended without a Close".to_owned()),
+                    }
+                }
+            })
+            .await
+            .expect("an answer to the Close");
+            assert_eq!(answer, Ok(()), "round {round}, private LAN {private}");
+        }
+        relay.shutdown().await;
+    }
+}

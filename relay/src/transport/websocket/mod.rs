@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -62,6 +63,7 @@ async fn serve(app: Arc<TransportContext>, target: Target, mut socket: Socket, a
         Target::Lan(lan) => (lan, None),
         Target::Private => {
             let Some(frame) = first_frame(&mut socket, app.config().idle_timeout()).await else {
+                flush_last(&mut socket).await;
                 return;
             };
             (app.private_lan(admitted.client_ip, &frame), Some(frame))
@@ -83,7 +85,7 @@ async fn serve(app: Arc<TransportContext>, target: Target, mut socket: Socket, a
     if let Some(frame) = first {
         port.ingress(Instant::now(), frame);
     }
-    let (sink, stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     let stop = app.shutdown.child_token();
     let base = Instant::now();
     // Milliseconds after `base` the client was last heard from; read by the idle check.
@@ -95,13 +97,29 @@ async fn serve(app: Arc<TransportContext>, target: Target, mut socket: Socket, a
         stop.clone(),
         port.counters_handle(),
     ));
-    read_loop(stream, &port, &app, &stop, base, &last_heard).await;
+    read_loop(&mut stream, &port, &app, &stop, base, &last_heard).await;
     stop.cancel();
-    let _ = writer.await;
+    if let Ok(sink) = writer.await
+        && let Ok(mut socket) = stream.reunite(sink)
+    {
+        flush_last(&mut socket).await;
+    }
+}
+
+/// tungstenite writes its last frame (the reply to a client's Close) into the batching
+/// layer and then reports the connection closed without flushing: put it on the wire, or
+/// the client sees the connection end without a closing handshake.
+async fn flush_last(socket: &mut Socket) {
+    let last = async {
+        // tungstenite's part (a reply it has only queued), then the batch's.
+        let _ = SinkExt::flush(socket).await;
+        let _ = socket.get_mut().flush().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), last).await;
 }
 
 async fn read_loop(
-    mut stream: futures_util::stream::SplitStream<Socket>,
+    stream: &mut futures_util::stream::SplitStream<Socket>,
     port: &Port,
     app: &TransportContext,
     stop: &CancellationToken,
@@ -140,7 +158,7 @@ async fn write_loop(
     app: Arc<TransportContext>,
     stop: CancellationToken,
     counters: Arc<PortCounters>,
-) {
+) -> futures_util::stream::SplitSink<Socket, Message> {
     let interval = app.config().ping_interval();
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     loop {
@@ -164,13 +182,13 @@ async fn write_loop(
                 };
                 if result.is_err() {
                     stop.cancel();
-                    return;
+                    return sink;
                 }
             }
             _ = ping.tick() => {
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
                     stop.cancel();
-                    return;
+                    return sink;
                 }
             }
         }
@@ -188,6 +206,7 @@ async fn write_loop(
     } else {
         let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
     }
+    sink
 }
 
 /// The client's first frame with a whole Ethernet header (v86 opens its socket on the
