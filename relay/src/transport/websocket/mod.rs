@@ -81,7 +81,7 @@ async fn serve(app: Arc<TransportContext>, target: Target, mut socket: Socket, a
             return;
         }
     };
-    let _session = Session::joined(admitted, &port);
+    let session = Session::joined(admitted, &port);
     if let Some(frame) = first {
         port.ingress(Instant::now(), frame);
     }
@@ -99,6 +99,10 @@ async fn serve(app: Arc<TransportContext>, target: Target, mut socket: Socket, a
     ));
     read_loop(&mut stream, &port, &app, &stop, base, &last_heard).await;
     stop.cancel();
+    // The client is gone: its port leaves the LAN now, not after the writer's goodbye, so a
+    // client reconnecting at once finds its MAC free (no duplicate-MAC translation).
+    drop(session);
+    drop(port);
     if let Ok(sink) = writer.await
         && let Ok(mut socket) = stream.reunite(sink)
     {
