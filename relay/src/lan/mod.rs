@@ -161,6 +161,23 @@ struct PortOutput {
     counters: Arc<PortCounters>,
 }
 
+impl PortOutput {
+    /// Puts a frame on the port's queue; false when it was dropped (a full queue is counted
+    /// against the port and as a loss of its transport).
+    fn offer(&self, frame: bytes::Bytes, totals: &Totals) -> bool {
+        match self.queue.try_send(frame) {
+            Ok(()) => true,
+            Err(queue::SendError::Full) => {
+                self.counters.queue_drops.fetch_add(1, Relaxed);
+                totals.count_loss(self.transport, crate::shared::DropReason::QueueFull);
+                false
+            }
+            // The port is leaving; its frames no longer matter.
+            Err(queue::SendError::Closed) => false,
+        }
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere must not take every LAN down with it: the state stays usable.
     mutex
@@ -493,17 +510,7 @@ impl Lan {
         let Some(output) = state.ports.get(&port) else {
             return false;
         };
-        match output.queue.try_send(frame) {
-            Ok(()) => true,
-            Err(queue::SendError::Full) => {
-                output.counters.queue_drops.fetch_add(1, Relaxed);
-                registry
-                    .totals
-                    .count_drop(crate::shared::DropReason::QueueFull);
-                false
-            }
-            Err(queue::SendError::Closed) => false,
-        }
+        output.offer(frame, &registry.totals)
     }
 
     /// The ports of this node's clients on this LAN.

@@ -9,7 +9,6 @@ use bytes::Bytes;
 use switch::translate::MacTranslation;
 use switch::{Forward as SwitchDecision, MacAddr, PortId};
 
-use super::queue::SendError;
 use super::shaping::Shaper;
 use super::{Lan, LanRegistry, LanState, PortCounters, PortOutput, lock};
 use crate::shared::{DropReason, ETHERNET_HEADER_LEN, LanName, Transport};
@@ -225,18 +224,7 @@ impl Port {
 
     /// Puts a frame on a port's queue; false when it was dropped.
     fn deliver(&self, output: &PortOutput, frame: Bytes) -> bool {
-        match output.queue.try_send(frame) {
-            Ok(()) => true,
-            Err(SendError::Full) => {
-                output.counters.queue_drops.fetch_add(1, Relaxed);
-                self.registry
-                    .totals
-                    .count_loss(output.transport, DropReason::QueueFull);
-                false
-            }
-            // The port is leaving; its frames no longer matter.
-            Err(SendError::Closed) => false,
-        }
+        output.offer(frame, &self.registry.totals)
     }
 }
 
