@@ -51,6 +51,11 @@ impl NeighborCache {
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
+
+    /// Addresses seen most recently first.
+    pub(crate) fn recent(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.order.values().rev().copied()
+    }
 }
 
 #[cfg(test)]
@@ -73,5 +78,6 @@ mod tests {
         assert_eq!(cache.lookup(ip(15)), Some(mac(3)));
         assert_eq!(cache.lookup(ip(16)), None);
         assert_eq!(cache.lookup(ip(17)), Some(mac(4)));
+        assert_eq!(cache.recent().collect::<Vec<_>>(), [ip(17), ip(15)]);
     }
 }

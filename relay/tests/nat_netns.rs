@@ -437,6 +437,37 @@ fn read_request_head(stream: &mut std::net::TcpStream) {
     }
 }
 
+/// A Python HTTP server on `addr:port` that sends `file` for any path: at once for `/fast`,
+/// at 1 MiB/s otherwise.
+fn paced_http_server(addr: &str, port: u16, file: &str) -> String {
+    format!(
+        r#"
+import socket, threading, time
+body = open("{file}", "rb").read()
+def serve(c):
+    head = b""
+    while b"\r\n\r\n" not in head:
+        d = c.recv(1024)
+        if not d: return
+        head += d
+    paced = not head.startswith(b"GET /fast ")
+    c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+    step = 64 * 1024
+    for i in range(0, len(body), step):
+        c.sendall(body[i:i + step])
+        if paced: time.sleep(1 / 16)
+    c.close()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("{addr}", {port}))
+s.listen(8)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#
+    )
+}
+
 /// The local port of the one TCP connection process `pid` holds to 127.0.0.1:`port`.
 fn local_port_of(pid: u32, port: u16) -> Option<u16> {
     let out = run(&[
@@ -490,18 +521,24 @@ fn private_default_lans_isolate_vms_that_reach_the_internet_and_keep_a_reconnect
         "a reached b"
     );
 
-    // Both reach the internet; a downloads slowly while its socket is cut and re-made.
+    // Both reach the internet; a downloads slowly while its socket is cut and re-made. The
+    // server paces the body (curl's --limit-rate lets a burst through when the machine is
+    // busy, and the download must straddle the cut).
     let www = scratch.0.join("www");
     std::fs::create_dir_all(&www).unwrap();
-    let expected = random_file(&www.join("big"), 8, 0x5eed_0070);
-    let www_dir = www.to_str().unwrap().to_owned();
-    let _httpd = internet.spawn(&["busybox", "httpd", "-f", "-p", "8080", "-h", &www_dir]);
+    let big = www.join("big");
+    let expected = random_file(&big, 8, 0x5eed_0070);
+    let _httpd = internet.spawn(&[
+        "python3",
+        "-c",
+        &paced_http_server(&internet.addr(), 8080, big.to_str().unwrap()),
+    ]);
     wait_listening(&internet.ns, &internet.addr(), 8080);
-    let url = format!("http://{}:8080/big", internet.addr());
+    let url = format!("http://{}:8080/", internet.addr());
     let out = b.exec(&[
         "sh",
         "-c",
-        &format!("curl -sS --max-time 30 {url} | sha256sum"),
+        &format!("curl -sS --max-time 30 {url}fast | sha256sum"),
     ]);
     assert!(
         String::from_utf8_lossy(&out.stdout).starts_with(&expected),
@@ -516,11 +553,18 @@ fn private_default_lans_isolate_vms_that_reach_the_internet_and_keep_a_reconnect
             &name,
             "sh",
             "-c",
-            &format!("curl -sS --limit-rate 1M --max-time 60 {url} | sha256sum"),
+            &format!("curl -sS --max-time 60 {url}paced | sha256sum"),
         ])
     });
     std::thread::sleep(Duration::from_secs(2));
-    assert!(!download.is_finished(), "the download ended before the cut");
+    if download.is_finished() {
+        let out = download.join().unwrap();
+        panic!(
+            "the download ended before the cut: {} / {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let local = local_port_of(tap_a.0.id(), port).expect("a's WebSocket connection");
     must(&[
         "ss",
@@ -540,8 +584,13 @@ fn private_default_lans_isolate_vms_that_reach_the_internet_and_keep_a_reconnect
     let got = String::from_utf8_lossy(&out.stdout);
     assert!(
         got.starts_with(&expected),
-        "a's download across the reconnect: {got} (want {expected}); curl said {}",
-        String::from_utf8_lossy(&out.stderr)
+        "a's download across the reconnect: {got} (want {expected}); curl said {}; relay: {}",
+        String::from_utf8_lossy(&out.stderr),
+        metrics(metrics_port)
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.ends_with(" 0"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert!(a.ping_ok(&internet.addr(), Duration::from_secs(5)));
     assert_eq!(

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use dhcp::{DhcpServer, LeaseEvent, LeaseSnapshot, RestoreReport};
 use dns::{DnsProxy, Transport, UpstreamId, UpstreamQuery, UpstreamResult};
-use smoltcp::wire::EthernetAddress;
+use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetProtocol};
 
 use crate::config::GatewayConfig;
 use crate::emit::OutPacket;
@@ -258,6 +258,33 @@ impl Gateway {
     /// The MAC last seen using `ip` on the LAN, if it is still cached.
     pub fn neighbor(&self, ip: Ipv4Addr) -> Option<EthernetAddress> {
         self.neighbors.lookup(ip)
+    }
+
+    /// Broadcast ARP requests from the gateway for the `max` addresses it saw in use most
+    /// recently. A machine whose transport came back on a socket that has not said which
+    /// LAN it is on yet answers the one for its address, and its answer places it; being
+    /// broadcast, a probe names no machine's MAC to whoever else receives it.
+    pub fn neighbor_probes(&self, max: usize) -> Vec<Vec<u8>> {
+        self.neighbors
+            .recent()
+            .take(max)
+            .map(|ip| {
+                let request = ArpRepr::EthernetIpv4 {
+                    operation: ArpOperation::Request,
+                    source_hardware_addr: self.config.gateway_mac,
+                    source_protocol_addr: self.config.gateway_ip,
+                    target_hardware_addr: EthernetAddress([0; 6]),
+                    target_protocol_addr: ip,
+                };
+                crate::emit::frame(
+                    self.config.gateway_mac,
+                    EthernetAddress::BROADCAST,
+                    EthernetProtocol::Arp,
+                    request.buffer_len(),
+                    |buffer| request.emit(&mut ArpPacket::new_unchecked(buffer)),
+                )
+            })
+            .collect()
     }
 
     // ---- transmit path ----

@@ -49,6 +49,33 @@ fn arp_probe_from_zero_address_is_answered() {
     assert_eq!(gateway.neighbor(Ipv4Addr::UNSPECIFIED), None);
 }
 
+#[test]
+fn neighbor_probes_ask_for_recent_addresses_by_broadcast() {
+    let mut gateway = gateway();
+    assert!(gateway.neighbor_probes(4).is_empty());
+    gateway.handle_frame(Instant::now(), &hex(ARP_WHO_HAS_GATEWAY));
+    drain(&mut gateway);
+    let probes = gateway.neighbor_probes(4);
+    // Broadcast from the gateway: who has 10.0.2.15? Tell 10.0.2.2. No MAC of the VM.
+    let expected = hex(concat!(
+        "ffffffffffff",
+        "525400123456",
+        "0806",
+        "0001",
+        "0800",
+        "06",
+        "04",
+        "0001",
+        "525400123456",
+        "0a000202",
+        "000000000000",
+        "0a00020f",
+        "000000000000000000000000000000000000",
+    ));
+    assert_eq!(probes, [expected]);
+    assert!(gateway.neighbor_probes(0).is_empty());
+}
+
 // ---- ICMP and IPv4 validation ----
 
 #[test]

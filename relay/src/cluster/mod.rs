@@ -82,6 +82,15 @@ impl LanHooks for ClusterHooks {
     fn lan_created(&self, _registry: &Arc<LanRegistry>, lan: &Arc<Lan>) {
         owner::spawn(&self.0, lan);
     }
+
+    /// The gateway runs where the LAN is owned; a LAN owned elsewhere has none here.
+    fn neighbor_probes(
+        &self,
+        lan: &LanName,
+        max: usize,
+    ) -> futures_util::future::BoxFuture<'static, Vec<bytes::Bytes>> {
+        self.0.gateways.neighbor_probes(lan, max)
+    }
 }
 
 /// One connection to NATS (`role` names it in the server's connection list).

@@ -39,6 +39,8 @@ pub(crate) enum GatewayCommand {
     SetInternet(bool, oneshot::Sender<bool>),
     /// Ends the dynamic leases of a removed machine; the answer is the addresses freed.
     ReleaseMac(gateway::EthernetAddress, oneshot::Sender<Vec<Ipv4Addr>>),
+    /// ARP requests for the addresses seen most recently (see `lan/returning.rs`).
+    NeighborProbes(usize, oneshot::Sender<Vec<Bytes>>),
 }
 
 /// Each live gateway task's command channel, by LAN, and the LANs whose internet a

@@ -18,8 +18,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use gateway::Gateway;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, NetworkConfig};
 use crate::lan::{Lan, LanHooks, LanRegistry, Port, PortReceiver};
@@ -47,6 +48,24 @@ pub(crate) struct GatewayHooks {
 impl LanHooks for GatewayHooks {
     fn lan_created(&self, registry: &Arc<LanRegistry>, lan: &Arc<Lan>) {
         self.start(registry, lan, None);
+    }
+
+    fn neighbor_probes(&self, lan: &LanName, max: usize) -> BoxFuture<'static, Vec<Bytes>> {
+        let gateway = self.directory.get(lan);
+        Box::pin(async move {
+            let Some(gateway) = gateway else {
+                return Vec::new();
+            };
+            let (reply, answer) = oneshot::channel();
+            // Never wait for room: a gateway this busy is skipped.
+            if gateway
+                .try_send(GatewayCommand::NeighborProbes(max, reply))
+                .is_err()
+            {
+                return Vec::new();
+            }
+            answer.await.unwrap_or_default()
+        })
     }
 }
 
@@ -320,6 +339,10 @@ impl GatewayDriver {
             GatewayCommand::ReleaseMac(mac, reply) => {
                 let freed = self.gateway.dhcp_mut().release_mac(mac);
                 let _ = reply.send(freed);
+            }
+            GatewayCommand::NeighborProbes(max, reply) => {
+                let probes = self.gateway.neighbor_probes(max);
+                let _ = reply.send(probes.into_iter().map(Bytes::from).collect());
             }
             GatewayCommand::Describe(reply) => {
                 let _ = reply.send(commands::describe(&self.gateway, Instant::now()));

@@ -10,6 +10,7 @@
 mod close;
 mod port;
 mod queue;
+mod returning;
 mod shaping;
 mod tap;
 mod traffic;
@@ -21,6 +22,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use switch::{PortId, Switch, SwitchConfig};
 
 use crate::config::{Config, Rates};
@@ -96,6 +98,16 @@ struct PortLimits {
 /// (`gateway_port`) implements it, so this layer never imports that one.
 pub(crate) trait LanHooks: Send + Sync + fmt::Debug {
     fn lan_created(&self, registry: &Arc<LanRegistry>, lan: &Arc<Lan>);
+
+    /// At most `max` frames that make a machine of LAN `lan` speak (its gateway's ARP requests, see
+    /// `returning.rs`); empty when the LAN has no gateway here.
+    fn neighbor_probes(
+        &self,
+        _lan: &LanName,
+        _max: usize,
+    ) -> BoxFuture<'static, Vec<bytes::Bytes>> {
+        Box::pin(std::future::ready(Vec::new()))
+    }
 }
 
 /// Where the ports of a LAN that another cluster node owns send their frames (the cluster
@@ -138,6 +150,8 @@ pub(crate) struct Lan {
     /// Captures of this LAN (see `tap.rs`), and how many: the hot path reads only that.
     taps: Mutex<Vec<tap::Tap>>,
     capturing: AtomicUsize,
+    /// The client address a private LAN belongs to (see `returning.rs`).
+    origin: std::sync::OnceLock<std::net::IpAddr>,
 }
 
 #[derive(Debug)]
@@ -336,6 +350,7 @@ impl LanRegistry {
             creator_permit: Mutex::new(Some(permit)),
             taps: Mutex::new(Vec::new()),
             capturing: AtomicUsize::new(0),
+            origin: std::sync::OnceLock::new(),
         });
         lans.insert(name.clone(), lan.clone());
         tracing::info!(lan = %name, "LAN created");

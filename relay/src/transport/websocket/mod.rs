@@ -59,10 +59,11 @@ pub(crate) fn upgrade(
 }
 
 async fn serve(app: Arc<TransportContext>, target: Target, mut socket: Socket, admitted: Admitted) {
+    let private = matches!(target, Target::Private);
     let (lan, first) = match target {
         Target::Lan(lan) => (lan, None),
         Target::Private => {
-            let Some(frame) = first_frame(&mut socket, app.config().idle_timeout()).await else {
+            let Some(frame) = first_frame(&mut socket, &app, admitted.client_ip).await else {
                 flush_last(&mut socket).await;
                 return;
             };
@@ -81,6 +82,9 @@ async fn serve(app: Arc<TransportContext>, target: Target, mut socket: Socket, a
             return;
         }
     };
+    if private {
+        port.lan().set_origin(admitted.client_ip);
+    }
     let session = Session::joined(admitted, &port);
     if let Some(frame) = first {
         port.ingress(Instant::now(), frame);
@@ -213,20 +217,46 @@ async fn write_loop(
     sink
 }
 
-/// The client's first frame with a whole Ethernet header (v86 opens its socket on the
-/// guest's first frame, so it comes at once); `None` when the client leaves or stays silent.
-async fn first_frame(socket: &mut Socket, wait: Duration) -> Option<bytes::Bytes> {
-    let deadline = tokio::time::Instant::now() + wait;
+/// The client's first frame with a whole Ethernet header; `None` when the client leaves or
+/// stays silent. v86 opens its socket on the guest's first frame, so it comes at once, but
+/// a reconnecting guest that only receives stays silent: while it waits, the machines of
+/// this client's vacated private LANs are asked to speak (`lan/returning.rs`), at once and
+/// again after [`ASK_AGAIN`] (the old connection may take a moment to be seen gone).
+async fn first_frame(
+    socket: &mut Socket,
+    app: &TransportContext,
+    client: std::net::IpAddr,
+) -> Option<bytes::Bytes> {
+    let start = tokio::time::Instant::now();
+    let deadline = start + app.config().idle_timeout();
+    let mut asks = std::iter::once(Duration::ZERO)
+        .chain(ASK_AGAIN)
+        .map(|after| start + after)
+        .filter(|at| *at < deadline);
+    let mut next_ask = asks.next();
     loop {
-        match tokio::time::timeout_at(deadline, socket.next())
-            .await
-            .ok()??
-        {
-            Ok(Message::Binary(frame)) if frame.len() >= crate::shared::ETHERNET_HEADER_LEN => {
-                return Some(frame);
+        tokio::select! {
+            message = socket.next() => match message? {
+                Ok(Message::Binary(frame)) if frame.len() >= crate::shared::ETHERNET_HEADER_LEN => {
+                    return Some(frame);
+                }
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            },
+            () = tokio::time::sleep_until(next_ask.unwrap_or(deadline)) => {
+                next_ask.take()?;
+                next_ask = asks.next();
+                for probe in app.lans.returning_probes(client).await {
+                    socket.send(Message::Binary(probe)).await.ok()?;
+                }
             }
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => continue,
         }
     }
 }
+
+/// When a silent socket's machines are asked to speak again.
+const ASK_AGAIN: [Duration; 3] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+];
