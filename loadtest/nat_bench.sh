@@ -103,7 +103,7 @@ def fetch():
     ok.append(got == want)
 ts = [threading.Thread(target=fetch) for _ in range('$flows_per_vm')]
 [t.start() for t in ts]; [t.join() for t in ts]
-print(sum(ok))' > /tmp/$tag-m$i.out 2>&1 & clients+=($!)
+print(sum(ok))' > /tmp/$tag-m$i.out 2> /tmp/$tag-m$i.err & clients+=($!)
 done
 for pid in "${clients[@]}"; do wait $pid || true; done
 good=$(cat /tmp/$tag-m*.out 2>/dev/null | grep '^[0-9]' | paste -sd+ | bc)
@@ -111,3 +111,10 @@ elapsed=$(python3 -c "print('%.1f' % ($(date +%s.%N) - $start))")
 rss=$(awk '/VmHWM/ {print $2}' /proc/$relay_pid/status)
 rm -f /tmp/$tag-m*.out
 echo "many flows  : $good of $((vms * flows_per_vm)) flows from $vms VMs correct (1 MiB each) in ${elapsed} s; relay peak RSS $((rss / 1024)) MiB"
+# What the relay dropped, refused or saw fail over the whole run (non-zero counters only),
+# and which errors the clients that failed saw.
+curl -s 127.0.0.1:$mport/metrics |
+  grep -E '^v86_relay_(frames_dropped|frames_lost|gateway_frames_dropped|nat_connect_failures|nat_denied|nat_timeouts)' |
+  grep -v ' 0$' | sed 's/^/  /' || true
+cat /tmp/$tag-m*.err 2>/dev/null | grep -oE '[A-Za-z]+Error: .*' | sort | uniq -c | sed 's/^/  clients: /' || true
+rm -f /tmp/$tag-m*.err

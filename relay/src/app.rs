@@ -70,13 +70,14 @@ pub enum StartError {
     #[error("config [cluster]: {0}")]
     Cluster(String),
     #[error(
-        "cannot listen on {addr} ({key}): {source}. Pick a free address with --{flag} or stop the program using it."
+        "cannot listen on {addr} ({key}): {error}. Pick a free address with --{flag} or stop the program using it."
     )]
     Bind {
         addr: SocketAddr,
         key: &'static str,
         flag: &'static str,
-        source: std::io::Error,
+        // Not `source`: the message says it already, and `{:#}` would say it twice.
+        error: std::io::Error,
     },
 }
 
@@ -257,11 +258,11 @@ async fn bind(
 ) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::Bind {
+        .map_err(|error| StartError::Bind {
             addr,
             key,
             flag,
-            source,
+            error,
         })
 }
 

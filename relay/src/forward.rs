@@ -46,12 +46,13 @@ impl std::fmt::Debug for PortForwards {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ForwardError {
     #[error(
-        "cannot listen on {addr} for forward `{forward}`: {source}. Pick a free port or stop the program using it."
+        "cannot listen on {addr} for forward `{forward}`: {error}. Pick a free port or stop the program using it."
     )]
     Bind {
         addr: SocketAddr,
         forward: String,
-        source: std::io::Error,
+        // Not `source`: the message says it already, and `{:#}` would say it twice.
+        error: std::io::Error,
     },
 }
 
@@ -62,10 +63,10 @@ impl PortForwards {
         forward: PortForwardRule,
         directory: &Arc<GatewayDirectory>,
     ) -> Result<u64, ForwardError> {
-        let bind_error = |source| ForwardError::Bind {
+        let bind_error = |error| ForwardError::Bind {
             addr: forward.listen,
             forward: forward.to_string(),
-            source,
+            error,
         };
         let directory = directory.clone();
         let (task, bound) = match forward.protocol {

@@ -47,7 +47,7 @@ fn api(metrics: u16, method: &str, path: &str, token: &str, body: Option<&str>) 
 /// Waits until the relay's metrics listener (the admin API) accepts.
 fn wait_admin(metrics: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", metrics)).is_err() {
+    while !common::accepts(("127.0.0.1", metrics)) {
         assert!(Instant::now() < deadline, "the admin API did not start");
         std::thread::sleep(Duration::from_millis(50));
     }

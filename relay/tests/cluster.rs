@@ -46,7 +46,7 @@ fn nats_server(dir: &Path, jetstream: bool) -> (Proc, u16) {
         .expect("start nats-server (apt package nats-server; scripts/setup-test-deps.sh)");
     let proc = Proc(child);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while !common::accepts(("127.0.0.1", port)) {
         assert!(Instant::now() < deadline, "nats-server did not start");
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -244,12 +244,20 @@ fn demo_files_and_lan_endpoint_are_served() {
     let (_relay, port) = start_relay(&["--web-root", repo().to_str().expect("utf-8 path")]);
     let get = |path: &str| {
         let out = Command::new("curl")
-            .args(["-s", "-w", "\n%{http_code}"])
+            .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}"])
             .arg(format!("http://127.0.0.1:{port}{path}"))
             .output()
             .expect("curl");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+        if code == "000" {
+            // No HTTP answer at all: say what curl saw.
+            eprintln!(
+                "curl {path}: {}, {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         (code.to_owned(), body.to_owned())
     };
     let (code, body) = get("/");

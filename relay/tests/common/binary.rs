@@ -4,8 +4,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-
 use super::{Ws, eventually, recv, send};
 
 pub fn tempdir() -> std::path::PathBuf {
@@ -57,10 +55,7 @@ pub fn spawn_relay(args: &[&str], capture: bool) -> (std::process::Child, Socket
     (child, listen.parse().unwrap())
 }
 pub async fn wait_listening(addr: SocketAddr) {
-    eventually("the relay listens", || async {
-        TcpStream::connect(addr).await.is_ok()
-    })
-    .await;
+    eventually("the relay listens", || async { super::accepts(addr) }).await;
 }
 /// VmRSS of a process, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {

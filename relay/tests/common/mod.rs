@@ -14,6 +14,13 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Whether something listens on `addr`. A connect to a loopback port nobody listens on can
+/// still succeed when the kernel picks that same port as the source (a TCP self-connect:
+/// free ports come from the ephemeral range); such a connection does not count.
+pub fn accepts(addr: impl std::net::ToSocketAddrs) -> bool {
+    std::net::TcpStream::connect(addr).is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok())
+}
+
 pub fn test_config() -> Config {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();

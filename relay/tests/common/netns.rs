@@ -172,7 +172,7 @@ pub fn start_relay_bin(bin: &str, extra: &[&str]) -> (Proc, u16) {
         .and_then(|i| extra.get(i + 1))
         .filter(|addr| **addr != "off");
     for addr in std::iter::once(listen.as_str()).chain(metrics.copied()) {
-        while std::net::TcpStream::connect(addr).is_err() {
+        while !super::accepts(addr) {
             assert!(Instant::now() < deadline, "relay did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
