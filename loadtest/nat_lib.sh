@@ -2,7 +2,7 @@
 # "internet" namespace on 198.18.50.0/24 behind a veth pair, the relay, VM namespaces on a
 # TAP each with a DHCP lease, iperf3 through them, and cleanup of all of it by PID/name.
 # Needs: $tag (a short unique prefix) set before sourcing. RELAY_BIN overrides the binary
-# (e.g. an older build, to compare in the same run).
+# (e.g. an older build, to compare in the same run); RELAY_ARGS adds relay arguments.
 
 relay_bin=${RELAY_BIN:-target/release/v86-relay}
 pids=()
@@ -35,9 +35,11 @@ make_internet() {
 }
 
 # The relay on loopback ($port, metrics on $mport) with extra arguments; sets relay_pid.
+# RELAY_ARGS adds more (e.g. "--config other.toml", to compare settings in one run).
 start_relay() {
   port=$((20000 + RANDOM % 20000)); mport=$((port + 1))
-  $relay_bin --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:$mport --log warn "$@" & relay_pid=$!; pids+=($relay_pid)
+  # shellcheck disable=SC2086 # RELAY_ARGS is a list of words
+  $relay_bin --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:$mport --log warn ${RELAY_ARGS:-} "$@" & relay_pid=$!; pids+=($relay_pid)
   for _ in $(seq 50); do curl -s -o /dev/null 127.0.0.1:$mport/metrics && break; sleep 0.1; done
 }
 

@@ -126,6 +126,32 @@ pub struct NatConfig {
     pub ping_idle_timeout: Duration,
     /// DNS over TCP connections to the DNS address, all VMs together.
     pub max_dns_tcp_connections: usize,
+    /// How fast a flow sends toward its VM before the VM acknowledges.
+    pub tcp_congestion: TcpCongestion,
+}
+
+/// The congestion control of the NAT's TCP toward the VMs. Without one a flow sends its
+/// whole window at once: the VM's port queue overflows as soon as a few flows share a slow
+/// link (a browser tab, a busy LAN) and the losses are repaired by timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TcpCongestion {
+    /// NewReno: the best of the three in `loadtest/nat_bench.sh` (docs/benchmarks.md).
+    #[default]
+    Reno,
+    Cubic,
+    /// The whole window at once (what the relay did before it had a choice).
+    None,
+}
+
+impl TcpCongestion {
+    pub(crate) fn smoltcp(self) -> smoltcp::socket::tcp::CongestionControl {
+        use smoltcp::socket::tcp::CongestionControl;
+        match self {
+            TcpCongestion::Reno => CongestionControl::Reno,
+            TcpCongestion::Cubic => CongestionControl::Cubic,
+            TcpCongestion::None => CongestionControl::None,
+        }
+    }
 }
 
 impl Default for NatConfig {
@@ -147,6 +173,7 @@ impl Default for NatConfig {
             udp_idle_timeout: Duration::from_secs(120),
             ping_idle_timeout: Duration::from_secs(30),
             max_dns_tcp_connections: 64,
+            tcp_congestion: TcpCongestion::default(),
         }
     }
 }

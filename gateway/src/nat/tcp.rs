@@ -344,6 +344,7 @@ impl Nat {
         );
         socket.set_timeout(Some(vm_timeout));
         socket.set_keep_alive(Some(vm_timeout));
+        socket.set_congestion_control(self.config.tcp_congestion.smoltcp());
         socket
     }
 

@@ -4,7 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use gateway::{BufferBudget, NatConfig, PolicyRule};
+use gateway::{BufferBudget, NatConfig, PolicyRule, TcpCongestion};
 
 /// 512 MiB: a thousand busy flows at full size (256 KiB each way), or 65,536 idle ones.
 const DEFAULT_BUFFER_BUDGET: usize = 512 << 20;
@@ -40,6 +40,18 @@ pub struct NatSection {
     pub udp_idle_timeout_secs: u64,
     /// Inbound forwards, as `--forward` spells them.
     pub forwards: Vec<String>,
+    /// TCP congestion control toward the VMs.
+    pub tcp_congestion_control: CongestionControl,
+}
+
+/// `tcp_congestion_control` as the file spells it.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CongestionControl {
+    #[default]
+    Reno,
+    Cubic,
+    None,
 }
 
 impl Default for NatSection {
@@ -62,6 +74,7 @@ impl Default for NatSection {
             vm_timeout_secs: core.tcp_vm_timeout.as_secs(),
             udp_idle_timeout_secs: core.udp_idle_timeout.as_secs(),
             forwards: Vec::new(),
+            tcp_congestion_control: CongestionControl::default(),
         }
     }
 }
@@ -105,6 +118,11 @@ pub(crate) fn core_config(section: &NatSection) -> Result<NatConfig, String> {
         tcp_vm_timeout: Duration::from_secs(section.vm_timeout_secs.max(1)),
         udp_idle_timeout: Duration::from_secs(section.udp_idle_timeout_secs.max(1)),
         buffer_budget: BufferBudget::new(section.buffer_budget_bytes),
+        tcp_congestion: match section.tcp_congestion_control {
+            CongestionControl::Reno => TcpCongestion::Reno,
+            CongestionControl::Cubic => TcpCongestion::Cubic,
+            CongestionControl::None => TcpCongestion::None,
+        },
         ..NatConfig::default()
     };
     config.policy.allow_private = section.allow_private;

@@ -179,7 +179,16 @@ impl PortOutput {
     /// Puts a frame on the port's queue; false when it was dropped (a full queue is counted
     /// against the port and as a loss of its transport).
     fn offer(&self, frame: bytes::Bytes, totals: &Totals) -> bool {
-        match self.queue.try_send(frame) {
+        // The gateway serves the whole LAN from one queue, which the LAN's bulk NAT traffic
+        // can keep full. ARP and broadcasts (DHCP) get room of their own past its bound: a
+        // VM whose three ARP requests for its gateway go unanswered fails every connection
+        // with "no route to host" (loadtest/nat_bench.sh, many flows).
+        let sent = if self.transport == Transport::Gateway && is_control(&frame) {
+            self.queue.try_send_control(frame)
+        } else {
+            self.queue.try_send(frame)
+        };
+        match sent {
             Ok(()) => true,
             Err(queue::SendError::Full) => {
                 self.counters.queue_drops.fetch_add(1, Relaxed);
@@ -190,6 +199,12 @@ impl PortOutput {
             Err(queue::SendError::Closed) => false,
         }
     }
+}
+
+/// ARP, or a broadcast (a DHCP request, an ARP request).
+fn is_control(frame: &[u8]) -> bool {
+    const ETHERTYPE_ARP: [u8; 2] = [0x08, 0x06];
+    frame.get(12..14) == Some(&ETHERTYPE_ARP[..]) || frame.get(..6) == Some(&[0xff; 6][..])
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -586,6 +601,32 @@ mod tests {
             assert!(rx_fast.try_recv().is_ok(), "the fast port gets every frame");
         }
         assert_eq!(registry.totals().drops(DropReason::QueueFull), 3);
+    }
+
+    #[test]
+    fn a_full_gateway_queue_still_takes_arp_and_broadcasts() {
+        let mut config = Config::default();
+        config.limits.port_queue_frames = 2;
+        let registry = LanRegistry::new(&config);
+        let lan = LanName::default_lan();
+        let (vm, _rx_vm) = registry.join(&lan, Transport::WebSocket).unwrap();
+        let (gateway, mut rx_gateway) = registry.attach(&vm.lan().clone(), Transport::Gateway);
+        // The switch learns where the gateway's MAC lives.
+        gateway.ingress(Instant::now(), frame(MAC_A, MAC_B));
+        for _ in 0..3 {
+            vm.ingress(Instant::now(), frame(MAC_B, MAC_A));
+        }
+        assert_eq!(registry.totals().drops(DropReason::QueueFull), 1);
+        let mut arp = frame(MAC_B, MAC_A).to_vec();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        vm.ingress(Instant::now(), Bytes::from(arp));
+        vm.ingress(Instant::now(), frame([0xff; 6], MAC_A));
+        assert_eq!(registry.totals().drops(DropReason::QueueFull), 1);
+        let mut queued = 0;
+        while rx_gateway.try_recv().is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, 4);
     }
 
     #[test]

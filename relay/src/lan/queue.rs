@@ -74,16 +74,29 @@ pub(crate) struct QueueSender {
     bound: usize,
 }
 
+/// Room past the bound that only control frames may take (see [`QueueSender::try_send_control`]).
+pub(crate) const CONTROL_ROOM: usize = 64;
+
 impl QueueSender {
     pub(crate) fn try_send(&self, frame: Bytes) -> Result<(), SendError> {
-        if self.shared.len.load(Relaxed) >= self.bound {
+        self.send_within(frame, self.bound)
+    }
+
+    /// As [`try_send`](Self::try_send), with [`CONTROL_ROOM`] more frames of room: for the
+    /// few frames that must not wait behind bulk traffic (the gateway's ARP and DHCP).
+    pub(crate) fn try_send_control(&self, frame: Bytes) -> Result<(), SendError> {
+        self.send_within(frame, self.bound + CONTROL_ROOM)
+    }
+
+    fn send_within(&self, frame: Bytes, bound: usize) -> Result<(), SendError> {
+        if self.shared.len.load(Relaxed) >= bound {
             return Err(SendError::Full);
         }
         let mut state = lock(&self.shared.state);
         if state.receiver_gone {
             return Err(SendError::Closed);
         }
-        if state.frames.len() >= self.bound {
+        if state.frames.len() >= bound {
             return Err(SendError::Full);
         }
         state.frames.push_back(frame);
@@ -172,6 +185,19 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap()[0], 1);
         assert_eq!(rx.try_recv().unwrap()[0], 2);
         assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+    }
+
+    #[test]
+    fn control_frames_have_room_past_the_bound() {
+        let (tx, _rx) = port_queue(2);
+        tx.try_send(frame(1)).unwrap();
+        tx.try_send(frame(2)).unwrap();
+        assert_eq!(tx.try_send(frame(3)), Err(SendError::Full));
+        for n in 0..CONTROL_ROOM {
+            tx.try_send_control(frame(n as u8)).unwrap();
+        }
+        assert_eq!(tx.try_send_control(frame(0)), Err(SendError::Full));
+        assert_eq!(tx.try_send(frame(3)), Err(SendError::Full));
     }
 
     #[tokio::test]
