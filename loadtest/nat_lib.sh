@@ -67,7 +67,14 @@ cpu_ticks() { awk '{print $14 + $15}' /proc/$relay_pid/stat; }
 rss_kib() { awk '/VmRSS/ {print $2}' /proc/$relay_pid/status; }
 hz=$(getconf CLK_TCK)
 
-iperf() { # ns, extra args -> "Gbit/s bytes"
-  ip netns exec "$1" iperf3 -c 198.18.50.2 -p 5201 -t $secs -J "${@:2}" |
-    python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]["sum_received"]; print("%.2f %d" % (e["bits_per_second"]/1e9, e["bytes"]))'
+iperf() { # ns, extra args -> "Gbit/s bytes"; up to 3 tries (the server may still be
+  # starting, or busy with the previous run's last test), then iperf3's own error.
+  local out
+  for _ in 1 2 3; do
+    out=$(ip netns exec "$1" iperf3 -c 198.18.50.2 -p 5201 -t $secs -J "${@:2}" || true)
+    python3 -c 'import json,sys; e=json.loads(sys.argv[1])["end"]["sum_received"]; print("%.2f %d" % (e["bits_per_second"]/1e9, e["bytes"]))' "$out" 2>/dev/null && return
+    sleep 1
+  done
+  echo "iperf3 through $1 failed: $(python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("error", "no result"))' "$out" 2>/dev/null)" >&2
+  return 1
 }
