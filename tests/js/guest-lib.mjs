@@ -92,7 +92,7 @@ export class Guest {
     const from = this.out.length;
     // The marker's digits only exist in the output, never in the echoed command line.
     this.emu.serial0_send(`${cmd}; echo "@@${id} rc=$?"\n`);
-    const m = await this.waitFor(new RegExp(`@@${id} rc=(\\d+)`), timeoutMs, from);
+    const m = await this.waitFor(new RegExp(`@@${id} rc=(\\d+)\\s`), timeoutMs, from);
     return { rc: Number(m[1]), output: this.out.slice(from, from + m.index) };
   }
 

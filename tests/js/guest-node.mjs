@@ -24,7 +24,7 @@ async function main() {
   let t = Date.now();
   const a = await Guest.start({ name: "vm1", relayUrl, host: "vm1", mac: "02:86:00:00:00:01" });
   guests.push(a);
-  const ready = await a.waitFor(/V86-READY ip=(\S+) host=vm1 mac=(\S+) gw=(\S+) domain=(\S*)/, 300000);
+  const ready = await a.waitFor(/V86-READY ip=(\S+) host=vm1 mac=(\S+) gw=(\S+) domain=(\S*)\s/, 300000);
   timing("cold_boot_to_lease", t);
   const [, ipA, macA, gw, domain] = ready;
   console.log(`vm1 lease ${ipA} mac ${macA} gw ${gw} domain ${domain}`);

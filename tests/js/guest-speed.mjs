@@ -28,7 +28,7 @@ async function main() {
     mac: "02:86:00:00:5e:01",
     netDevice: { mtu },
   });
-  await guest.waitFor(/V86-READY ip=(\S+)/, 300000);
+  await guest.waitFor(/V86-READY ip=(\S+) /, 300000);
   await guest.waitFor(/speed:\/# /, 20000);
   const link = (await guest.mustRun("cat /sys/class/net/eth0/mtu")).trim().split("\n").pop().trim();
   if (Number(link) !== mtu) throw new Error(`eth0 has MTU ${link}, wanted ${mtu}`);

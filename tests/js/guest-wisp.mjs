@@ -23,7 +23,7 @@ async function main() {
   let t = Date.now();
   guest = await Guest.start({ name: "vm1", relayUrl, host: "vm1", netDevice });
   // v86's in-page DHCP server hands out 192.168.86.100 by default (net_device.vm_ip).
-  const ready = await guest.waitFor(/V86-READY ip=(\S+) host=vm1 mac=(\S+) gw=(\S+)/, 300000);
+  const ready = await guest.waitFor(/V86-READY ip=(\S+) host=vm1 mac=(\S+) gw=(\S+) domain=\S*\s/, 300000);
   timing("cold_boot_to_lease", t);
   console.log(`lease ${ready[1]} gw ${ready[3]}`);
   if (!/^\d+\.\d+\.\d+\.\d+$/.test(ready[1]) || !/^\d+\.\d+\.\d+\.\d+$/.test(ready[3])) {
