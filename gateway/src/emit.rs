@@ -9,10 +9,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    ETHERNET_HEADER_LEN, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr,
-    IPV4_HEADER_LEN, Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, IpAddress, IpProtocol,
-    Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UDP_HEADER_LEN, UdpPacket,
-    UdpRepr,
+    ArpPacket, ArpRepr, ETHERNET_HEADER_LEN, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, IPV4_HEADER_LEN, Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, IpAddress,
+    IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UDP_HEADER_LEN,
+    UdpPacket, UdpRepr,
 };
 
 /// TTL of every packet we emit (Linux's default).
@@ -224,6 +224,21 @@ pub(crate) fn frame(
     write_ethernet(&mut buffer, src_mac, dst_mac, ethertype);
     fill(&mut buffer[ETHERNET_HEADER_LEN..len]);
     buffer
+}
+
+/// An ARP message from the gateway's `src_mac` to `dst_mac` (a reply, or a broadcast request).
+pub(crate) fn arp_frame(
+    src_mac: EthernetAddress,
+    dst_mac: EthernetAddress,
+    arp: &ArpRepr,
+) -> Vec<u8> {
+    frame(
+        src_mac,
+        dst_mac,
+        EthernetProtocol::Arp,
+        arp.buffer_len(),
+        |buffer| arp.emit(&mut ArpPacket::new_unchecked(buffer)),
+    )
 }
 
 /// Turns a bare IPv4 packet with [`HEADROOM`] free bytes in front into a frame: the

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use dhcp::{DhcpServer, LeaseEvent, LeaseSnapshot, RestoreReport};
 use dns::{DnsProxy, Transport, UpstreamId, UpstreamQuery, UpstreamResult};
-use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetProtocol};
+use smoltcp::wire::{ArpOperation, ArpRepr, EthernetAddress};
 
 use crate::config::GatewayConfig;
 use crate::emit::OutPacket;
@@ -276,12 +276,10 @@ impl Gateway {
                     target_hardware_addr: EthernetAddress([0; 6]),
                     target_protocol_addr: ip,
                 };
-                crate::emit::frame(
+                crate::emit::arp_frame(
                     self.config.gateway_mac,
                     EthernetAddress::BROADCAST,
-                    EthernetProtocol::Arp,
-                    request.buffer_len(),
-                    |buffer| request.emit(&mut ArpPacket::new_unchecked(buffer)),
+                    &request,
                 )
             })
             .collect()

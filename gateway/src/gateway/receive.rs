@@ -95,13 +95,7 @@ impl Gateway {
             target_hardware_addr: source_hardware_addr,
             target_protocol_addr: source_protocol_addr,
         };
-        let frame = emit::frame(
-            self.config.gateway_mac,
-            source_hardware_addr,
-            EthernetProtocol::Arp,
-            reply.buffer_len(),
-            |buffer| reply.emit(&mut ArpPacket::new_unchecked(buffer)),
-        );
+        let frame = emit::arp_frame(self.config.gateway_mac, source_hardware_addr, &reply);
         self.stats.arp_replies += 1;
         self.push_frame(frame);
     }

@@ -204,7 +204,10 @@ impl PortOutput {
 /// ARP, or a broadcast (a DHCP request, an ARP request).
 fn is_control(frame: &[u8]) -> bool {
     const ETHERTYPE_ARP: [u8; 2] = [0x08, 0x06];
-    frame.get(12..14) == Some(&ETHERTYPE_ARP[..]) || frame.get(..6) == Some(&[0xff; 6][..])
+    // Frames reach the switch with a whole Ethernet header (checked on the way in).
+    frame.len() >= crate::shared::ETHERNET_HEADER_LEN
+        && (frame[12..14] == ETHERTYPE_ARP
+            || switch::MacAddr::from_bytes(&frame[..6]).is_broadcast())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

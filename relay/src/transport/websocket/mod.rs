@@ -220,8 +220,8 @@ async fn write_loop(
 /// The client's first frame with a whole Ethernet header; `None` when the client leaves or
 /// stays silent. v86 opens its socket on the guest's first frame, so it comes at once, but
 /// a reconnecting guest that only receives stays silent: while it waits, the machines of
-/// this client's vacated private LANs are asked to speak (`lan/returning.rs`), at once and
-/// again after [`ASK_AGAIN`] (the old connection may take a moment to be seen gone).
+/// this client's vacated private LANs are asked to speak (`lan/returning.rs`) at [`ASK_AT`]
+/// (again after the first time: the old connection may take a moment to be seen gone).
 async fn first_frame(
     socket: &mut Socket,
     app: &TransportContext,
@@ -229,8 +229,8 @@ async fn first_frame(
 ) -> Option<bytes::Bytes> {
     let start = tokio::time::Instant::now();
     let deadline = start + app.config().idle_timeout();
-    let mut asks = std::iter::once(Duration::ZERO)
-        .chain(ASK_AGAIN)
+    let mut asks = ASK_AT
+        .into_iter()
         .map(|after| start + after)
         .filter(|at| *at < deadline);
     let mut next_ask = asks.next();
@@ -254,8 +254,9 @@ async fn first_frame(
     }
 }
 
-/// When a silent socket's machines are asked to speak again.
-const ASK_AGAIN: [Duration; 3] = [
+/// When a silent socket's machines are asked to speak, after it opened.
+const ASK_AT: [Duration; 4] = [
+    Duration::ZERO,
     Duration::from_secs(1),
     Duration::from_secs(2),
     Duration::from_secs(4),
