@@ -9,6 +9,13 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
 scripts/setup-test-deps.sh
+# A build that runs out of disk fails in the linker with a bus error, which names no cause:
+# say how much room there is first. The build and the fuzz targets take about 4.5 GB.
+free_kib=$(df -Pk . | awk 'NR==2 {print $4}')
+echo "disk: $((free_kib / 1024 / 1024)) GiB free for the build in $(pwd)"
+if [ "$free_kib" -lt $((5 * 1024 * 1024)) ]; then
+  echo "disk: warning: under 5 GiB free; the build may fail in the linker (free space, or set CARGO_TARGET_DIR to a larger disk)" >&2
+fi
 cargo fmt --all -- --check
 # The layer check reads the dependency graph offline: fetch the locked crates first (a fresh
 # machine has none yet).
