@@ -6,7 +6,9 @@
 #      $udp_per_vm UDP flows each, every flow checked by an echo; relay RSS before and after
 #      each step gives RSS per idle TCP flow and per UDP flow;
 #   3. the probe VM's iperf3 again, both ways, with all those flows open: the ratio to 1.;
-#   4. every flow echoes once more (all must answer), then they close; the TCP flow gauge
+#   4. busy, then quiet: $bulk_per_vm flows of each VM echo 4 x 60 KiB at once; relay RSS
+#      right after and 2 s later (quiet flows give their buffers' pages back);
+#   5. every flow echoes once more (all must answer), then they close; the TCP flow gauge
 #      must drop back to zero.
 # Usage: loadtest/nat_scale.sh [--vms N] [--tcp N] [--udp N] [--secs S]
 #   defaults: 100 VMs x 100 TCP + 95 UDP, iperf3 10 s. RELAY_BIN=path: another build.
@@ -15,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-vms=100; tcp_per_vm=100; udp_per_vm=95; secs=10
+vms=100; tcp_per_vm=100; udp_per_vm=95; secs=10; bulk_per_vm=10
 while [ $# -gt 0 ]; do
   case "$1" in
     --vms) vms=$2; shift 2;;
@@ -118,13 +120,25 @@ udp = []
 for i in range(n_udp):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2); udp.append(s)
 ok_udp = sum(echo_udp(s, i) for i, s in enumerate(udp))
-say("udp-%s-%d" % (sys.argv[4], ok_udp)); wait("go-end")
+say("udp-%s-%d" % (sys.argv[4], ok_udp)); wait("go-bulk")
+def bulk_tcp(s, i):
+    msg = b"".join(b"%d %s\n" % (i, os.urandom(30 * 1024).hex().encode()) for _ in range(4))
+    try:
+        s.sendall(msg); got = b""
+        while len(got) < len(msg):
+            b = s.recv(65536)
+            if not b: break
+            got += b
+        return got == msg
+    except OSError: return False
+ok_bulk = sum(bulk_tcp(s, i) for i, s in enumerate(tcp[:int(sys.argv[5])]))
+say("bulk-%s-%d" % (sys.argv[4], ok_bulk)); wait("go-end")
 print(sum(echo_tcp(s, i) for i, s in enumerate(tcp)), sum(echo_udp(s, i) for i, s in enumerate(udp)))
 '
 clients=()
 t0=$(date +%s.%N); c0=$(cpu_ticks)
 for i in $(seq 1 $vms); do
-  ip netns exec ${tag}-m$i python3 -c "$client" $sync_dir $tcp_per_vm $udp_per_vm $i > $sync_dir/out-$i 2>&1 & clients+=($!)
+  ip netns exec ${tag}-m$i python3 -c "$client" $sync_dir $tcp_per_vm $udp_per_vm $i $bulk_per_vm > $sync_dir/out-$i 2>&1 & clients+=($!)
 done
 wait_for() { # prefix -> sum of the counts once all VMs reported
   for _ in $(seq 1200); do
@@ -138,7 +152,7 @@ sleep 2
 rss1=$(rss_kib)
 tcp_open=$(metric nat_flows_active tcp)
 echo "TCP flows     : $tcp_ok of $((vms * tcp_per_vm)) opened and echoed in $(python3 -c "print('%.1f' % ($t1 - $t0))") s, relay CPU $(python3 -c "print('%.0f' % ((($c1-$c0)/$hz) * 1e6 / max(1, $tcp_ok)))") us per flow; gauge $tcp_open"
-echo "              : relay RSS $((rss0 / 1024)) MiB -> $((rss1 / 1024)) MiB: $(python3 -c "print('%.2f' % (($rss1 - $rss0) / max(1, $tcp_open)))") KiB per idle TCP flow"
+echo "              : relay RSS $((rss0 / 1024)) MiB -> $((rss1 / 1024)) MiB: $(python3 -c "print('%.2f' % (($rss1 - $rss0) / max(1, $tcp_open)))") KiB per idle TCP flow; buffers released $(metric nat_buffer_releases_total "") times"
 touch $sync_dir/go-udp
 t1=$(date +%s.%N); c1=$(cpu_ticks)
 udp_ok=$(wait_for udp)
@@ -154,6 +168,13 @@ echo "idle          : relay CPU $(python3 -c "print('%.1f' % ((($c4-$c3)/$hz) / 
 read up1 _ < <(iperf $probe)
 read down1 _ < <(iperf $probe -R)
 echo "flows open    : probe VM->internet $up1 Gbit/s ($(python3 -c "print('%.2f' % ($up1 / $up0))")x), internet->VM $down1 Gbit/s ($(python3 -c "print('%.2f' % ($down1 / $down0))")x)"
+
+touch $sync_dir/go-bulk
+bulk_ok=$(wait_for bulk)
+rss3=$(rss_kib)
+sleep 2
+rss4=$(rss_kib)
+echo "busy, quiet   : $bulk_ok of $((vms * bulk_per_vm)) flows echoed 240 KiB each: relay RSS $((rss3 / 1024)) MiB right after, $((rss4 / 1024)) MiB 2 s later; buffers released $(metric nat_buffer_releases_total "") times"
 
 touch $sync_dir/go-end
 for pid in "${clients[@]}"; do wait $pid || true; done

@@ -82,8 +82,8 @@ pub use emit::{MIN_FRAME_LEN, TTL};
 pub use gateway::{Gateway, GatewayStats, MAX_PENDING_LEASE_EVENTS};
 pub use nat::{
     BufferBudget, ConnectFailure, DenyCounts, DenyReason, EgressPolicy, FlowId, FlowInfo,
-    MIN_TCP_BUFFER, Nat, NatAction, NatConfig, NatProtocol, NatStats, PolicyRule, TcpCongestion,
-    TcpStatus,
+    MIN_TCP_BUFFER, Nat, NatAction, NatConfig, NatProtocol, NatStats, PolicyRule, QUIET_AFTER,
+    ReleasePages, TcpCongestion, TcpStatus,
 };
 pub use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
 pub use wire::frag::{FragDrop, FragDropCounts, FragLimits, FragStats};

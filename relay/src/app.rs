@@ -111,6 +111,10 @@ fn nat_shared(
     }
     let mut core = crate::config::core_config(&config.nat).map_err(StartError::Nat)?;
     core.policy.host_addresses = host_addresses();
+    // Quiet flows give their buffers' pages back (gateway `nat/quiet.rs`).
+    core.buffer_budget = core
+        .buffer_budget
+        .with_release(Arc::new(crate::nat::release_pages));
     let ping_mode = PingMode::detect();
     if ping_mode == PingMode::Unavailable {
         tracing::warn!(

@@ -11,9 +11,15 @@
 //! [`MIN_TCP_BUFFER`] each way: a smaller window, so its bytes wait at the ends (in the
 //! VM, or in the host kernel's socket) instead of the relay growing. The charges of flows
 //! already open can still grow to their buffers' size (bounded by their count).
+//!
+//! Pages touched stay resident after the bytes left: smoltcp can neither shrink nor hand
+//! back a socket's buffers. A driver that can return pages to the system (`madvise`) gives
+//! the budget a [`ReleasePages`]; a TCP flow quiet for [`QUIET_AFTER`] with nothing in its
+//! buffers then has them released and its charge goes back to two pages (`nat/quiet.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// The smallest TCP buffer a flow gets, each way (a few segments: the flow still moves).
 pub const MIN_TCP_BUFFER: usize = 4096;
@@ -21,16 +27,38 @@ pub const MIN_TCP_BUFFER: usize = 4096;
 /// Charges grow in pages, as memory does.
 pub(super) const PAGE: usize = 4096;
 
+/// How long a TCP flow moves no bytes before its buffers' pages are released.
+pub const QUIET_AFTER: Duration = Duration::from_secs(1);
+
+/// Gives pages back to the system: called with the address and length of a flow's buffer
+/// (a live allocation the NAT owns) whose bytes will all be written before they are read
+/// again. The driver releases the whole pages inside it (`madvise(MADV_DONTNEED)`: they
+/// read as zeros and cost memory again only when written). It must not keep the address.
+pub type ReleasePages = Arc<dyn Fn(usize, usize) + Send + Sync>;
+
 /// A shared byte budget. Clones share it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BufferBudget {
     used: Arc<AtomicUsize>,
     limit: usize,
+    release: Option<ReleasePages>,
+}
+
+impl std::fmt::Debug for BufferBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BufferBudget")
+            .field("used", &self.used())
+            .field("limit", &self.limit)
+            .field("releases_pages", &self.release.is_some())
+            .finish()
+    }
 }
 
 impl PartialEq for BufferBudget {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.used, &other.used) && self.limit == other.limit
+        Arc::ptr_eq(&self.used, &other.used)
+            && self.limit == other.limit
+            && self.release.is_some() == other.release.is_some()
     }
 }
 
@@ -48,6 +76,27 @@ impl BufferBudget {
         Self {
             used: Arc::new(AtomicUsize::new(0)),
             limit,
+            release: None,
+        }
+    }
+
+    /// The same budget, with quiet flows' pages given back through `release`.
+    pub fn with_release(mut self, release: ReleasePages) -> Self {
+        self.release = Some(release);
+        self
+    }
+
+    /// Whether quiet flows' pages can be given back.
+    pub(super) fn releases_pages(&self) -> bool {
+        self.release.is_some()
+    }
+
+    /// Hands `storage`'s pages to the driver (see [`ReleasePages`]).
+    pub(super) fn release(&self, storage: Storage) {
+        if let Some(release) = &self.release
+            && storage.len > 0
+        {
+            release(storage.addr, storage.len);
         }
     }
 
@@ -82,6 +131,23 @@ impl BufferBudget {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
                 Some(used.saturating_sub(bytes))
             });
+    }
+}
+
+/// Where a socket buffer's bytes are: taken from its `Vec` before smoltcp owns it (the
+/// heap allocation does not move with the `Vec`, and smoltcp never reallocates it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Storage {
+    addr: usize,
+    len: usize,
+}
+
+impl Storage {
+    pub(super) fn of(buffer: &[u8]) -> Self {
+        Self {
+            addr: buffer.as_ptr() as usize,
+            len: buffer.len(),
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::wire::Ipv4Repr;
 
+use super::quiet::Quiet;
 use super::{DenyReason, Nat, NatAction, NatProtocol};
 
 /// Identifies one NAT flow between the core and its driver.
@@ -50,6 +51,8 @@ pub(super) enum FlowKind {
         through: [u64; 2],
         /// What it is charged to the budget (`budget::touched` of both buffers).
         charged: usize,
+        /// Whether its buffers hold bytes, for giving their pages back (`quiet`).
+        quiet: Quiet,
         /// Waiting for the host connect: the SYN's IP header and first 8 bytes, for an
         /// ICMP error.
         connecting: Option<(Ipv4Repr, [u8; 8])>,
@@ -307,7 +310,10 @@ impl Nat {
         // This follows a poll of the flow, which did what was due: a deadline still in the
         // past would only spin.
         .map(|at| self.instant(at).max(self.last_now + MIN_TIMER));
-        let due = smoltcp_at.map_or(idle_at, |at| at.min(idle_at));
+        let due = [smoltcp_at, self.quiet_due(flow)]
+            .into_iter()
+            .flatten()
+            .fold(idle_at, Instant::min);
         let Some(entry) = self.flows.get_mut(&flow) else {
             return;
         };
@@ -339,6 +345,7 @@ impl Nat {
                 self.poll_flow(now, flow, None);
                 self.mark_dirty(flow);
                 self.reap_tcp(flow);
+                self.release_if_quiet(now, flow);
             }
             let Some(entry) = self.flows.get(&flow) else {
                 continue;

@@ -8,6 +8,7 @@ use smoltcp::iface::SocketSet;
 use smoltcp::wire::{IpAddress, IpEndpoint, IpListenEndpoint, Ipv4Repr, UDP_HEADER_LEN, UdpRepr};
 
 use super::flows::{FlowId, FlowKind, InboundUdpKey, TcpKey};
+use super::quiet::Quiet;
 use super::{DenyReason, Nat, NatAction};
 
 /// Gateway-side ports of inbound forward connections (the IANA dynamic range).
@@ -34,7 +35,7 @@ impl Nat {
             remote: remote(self, port),
         };
         self.stamp(now);
-        let mut socket = self.new_tcp_socket();
+        let (mut socket, storage) = self.new_tcp_socket();
         if socket
             .connect(
                 self.iface.context(),
@@ -59,6 +60,7 @@ impl Nat {
                 handle,
                 through: [0, 0],
                 charged: 0,
+                quiet: Quiet::new(storage),
                 connecting: None,
             },
         );

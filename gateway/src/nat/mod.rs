@@ -72,6 +72,7 @@ mod flows;
 mod icmp;
 mod inbound;
 mod policy;
+mod quiet;
 mod tcp;
 mod udp;
 
@@ -83,7 +84,7 @@ use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp as tcp_socket;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Packet};
 
-pub use budget::{BufferBudget, MIN_TCP_BUFFER};
+pub use budget::{BufferBudget, MIN_TCP_BUFFER, QUIET_AFTER, ReleasePages};
 use device::OneShotDevice;
 use dns_tcp::DnsConn;
 use flows::{Flow, FlowKind, InboundUdpKey, SWEEP_INTERVAL, TcpKey, VmUsage};
@@ -234,6 +235,8 @@ pub struct NatStats {
     /// Gauge: bytes of TCP flow buffers (both ways) this NAT is charged in the budget:
     /// what bytes can have touched, at most the buffers' size (see [`BufferBudget`]).
     pub buffer_bytes: usize,
+    /// Times a quiet TCP flow gave its buffers' pages back.
+    pub buffer_releases: u64,
     /// Connections opened into VMs for port forwards.
     pub inbound_connections: u64,
 }
@@ -471,16 +474,21 @@ impl Nat {
     /// retransmissions), then re-arms the flow's timer. Only this flow's socket is visited.
     fn poll_flow(&mut self, now: Instant, flow: FlowId, packet: Option<&[u8]>) {
         let stamp = self.stamp(now);
-        let Some(FlowKind::Tcp { sockets, .. }) = self.flows.get_mut(&flow).map(|f| &mut f.kind)
+        let Some(FlowKind::Tcp { sockets, quiet, .. }) =
+            self.flows.get_mut(&flow).map(|f| &mut f.kind)
         else {
             return;
         };
+        let before = self.tx.len();
         let mut device = OneShotDevice {
             rx: packet,
             tx: &mut self.tx,
             mtu: self.mtu,
         };
         self.iface.poll(stamp, &mut device, sockets);
+        for sent in self.tx.range(before..) {
+            quiet.saw_to_vm(sent);
+        }
         self.arm(flow);
     }
 

@@ -11,9 +11,10 @@ use smoltcp::wire::{
     Icmpv4DstUnreachable, IpAddress, IpListenEndpoint, Ipv4Repr, TcpControl, TcpPacket, TcpRepr,
 };
 
-use super::budget::touched;
+use super::budget::{Storage, touched};
 use super::dns_tcp::DNS_PORT;
 use super::flows::{FlowId, FlowKind, TcpKey};
+use super::quiet::Quiet;
 use super::{Nat, NatAction, NatProtocol};
 use crate::emit::OutPacket;
 
@@ -103,6 +104,11 @@ impl Nat {
         }
         let key = TcpKey { vm, remote };
         if let Some(&flow) = self.tcp_flows.get(&key) {
+            if let Some(FlowKind::Tcp { quiet, .. }) =
+                self.flows.get_mut(&flow).map(|f| &mut f.kind)
+            {
+                quiet.saw_from_vm(segment.seq_number + segment.segment_len());
+            }
             self.touch(flow, now);
             self.poll_flow(now, flow, Some(packet));
             self.mark_dirty(flow);
@@ -145,7 +151,7 @@ impl Nat {
             self.push_reset(ip, segment);
             return true;
         }
-        let mut socket = self.new_tcp_socket();
+        let (mut socket, storage) = self.new_tcp_socket();
         socket.pause_synack(true);
         if socket
             .listen(IpListenEndpoint {
@@ -167,6 +173,7 @@ impl Nat {
                 handle,
                 through: [0, 0],
                 charged: 0,
+                quiet: Quiet::new(storage),
                 connecting: Some((*ip, quote(segment_bytes))),
             },
         );
@@ -326,17 +333,16 @@ impl Nat {
         }
     }
 
-    /// A socket with buffers sized by the budget (see `budget`).
-    pub(super) fn new_tcp_socket(&self) -> tcp::Socket<'static> {
+    /// A socket with buffers sized by the budget (see `budget`), and where their bytes are.
+    pub(super) fn new_tcp_socket(&self) -> (tcp::Socket<'static>, [Storage; 2]) {
         let budget = &self.config.buffer_budget;
         let rx = budget.size_for(self.config.tcp_rx_buffer);
         let tx = budget.size_for(self.config.tcp_tx_buffer);
         // Zeroed allocations: pages the flow never fills are never touched, so an idle
         // flow costs the pages its few bytes went through, not the whole capacity.
-        let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; rx]),
-            tcp::SocketBuffer::new(vec![0; tx]),
-        );
+        let (rx, tx) = (vec![0; rx], vec![0; tx]);
+        let storage = [Storage::of(&rx), Storage::of(&tx)];
+        let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
         // We forward what we get at once; delaying small writes only adds latency.
         socket.set_nagle_enabled(false);
         let vm_timeout = smoltcp::time::Duration::from_micros(
@@ -345,7 +351,7 @@ impl Nat {
         socket.set_timeout(Some(vm_timeout));
         socket.set_keep_alive(Some(vm_timeout));
         socket.set_congestion_control(self.config.tcp_congestion.smoltcp());
-        socket
+        (socket, storage)
     }
 
     /// Counts `bytes` more through `flow`'s buffers (from the VM, for the VM) and charges

@@ -1,6 +1,7 @@
 //! Frames through the NAT: TCP connects, policy denials, UDP flows and pings.
 
 use super::*;
+use crate::QUIET_AFTER;
 
 const INTERNET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
@@ -12,6 +13,16 @@ fn nat_gateway(now: Instant) -> Gateway {
 
 /// A TCP segment from the VM, built with smoltcp (checksums filled).
 fn tcp_frame(to: SocketAddrV4, control: TcpControl, seq: u32, ack: Option<u32>) -> Vec<u8> {
+    tcp_data_frame(to, control, seq, ack, &[])
+}
+
+fn tcp_data_frame(
+    to: SocketAddrV4,
+    control: TcpControl,
+    seq: u32,
+    ack: Option<u32>,
+    payload: &[u8],
+) -> Vec<u8> {
     let caps = ChecksumCapabilities::default();
     let tcp = TcpRepr {
         src_port: 41234,
@@ -25,7 +36,7 @@ fn tcp_frame(to: SocketAddrV4, control: TcpControl, seq: u32, ack: Option<u32>) 
         sack_permitted: false,
         sack_ranges: [None; 3],
         timestamp: None,
-        payload: &[],
+        payload,
     };
     let ip = Ipv4Repr {
         src_addr: VM_IP,
@@ -339,6 +350,96 @@ fn open_tcp(gateway: &mut Gateway, now: Instant, to: SocketAddrV4) -> FlowId {
     gateway.handle_frame(now, &tcp_frame(to, TcpControl::None, 1001, Some(ack)));
     drain(gateway);
     flow
+}
+
+/// A flow that moved bytes and then none for `QUIET_AFTER`, with nothing in its buffers,
+/// has both buffers' pages released and its charge back at two pages; one holding a
+/// segment that came out of order (past the receive queue, where only the acknowledgement
+/// shows it) keeps them until the hole is filled and the bytes are taken.
+#[test]
+fn nat_quiet_flows_give_their_buffer_pages_back() {
+    use std::sync::{Arc, Mutex};
+    let t0 = Instant::now();
+    let released = Arc::new(Mutex::new(Vec::new()));
+    let record = released.clone();
+    let budget = BufferBudget::default().with_release(Arc::new(move |addr, len| {
+        record.lock().unwrap().push((addr, len));
+    }));
+    let mut gateway = gateway();
+    let config = NatConfig {
+        buffer_budget: budget.clone(),
+        ..NatConfig::default()
+    };
+    gateway.enable_nat(config, t0);
+    let to = SocketAddrV4::new(INTERNET, 80);
+    let flow = open_tcp(&mut gateway, t0, to);
+    let nat = gateway.nat_mut().unwrap();
+    // Host bytes for the VM, each segment acknowledged by the VM as it comes.
+    assert_eq!(nat.tcp_send(t0, flow, &[7; 10_000]), 10_000);
+    let mut their_end = 0;
+    let mut taken = 0;
+    while taken < 10_000 {
+        let sent = drain(&mut gateway);
+        assert!(!sent.is_empty(), "smoltcp stopped after {taken} bytes");
+        for frame in sent {
+            let (_, _, segment) = parse_ipv4(&frame);
+            let packet = TcpPacket::new_checked(&segment[..]).unwrap();
+            taken += packet.payload().len();
+            their_end = (packet.seq_number() + packet.payload().len()).0 as u32;
+        }
+        gateway.handle_frame(t0, &tcp_frame(to, TcpControl::None, 1001, Some(their_end)));
+    }
+    // The VM's bytes, in order and then one segment past a hole.
+    let t1 = t0 + Duration::from_millis(10);
+    gateway.handle_frame(
+        t1,
+        &tcp_data_frame(to, TcpControl::Psh, 1001, Some(their_end), &[1; 100]),
+    );
+    gateway.handle_frame(
+        t1,
+        &tcp_data_frame(to, TcpControl::Psh, 1201, Some(their_end), &[3; 100]),
+    );
+    let nat = gateway.nat_mut().unwrap();
+    assert_eq!(nat.tcp_recv(t1, flow, 1 << 20), vec![1; 100]);
+    assert!(nat.stats().buffer_bytes > 2 * 4096);
+    // Quiet, but the out-of-order bytes wait in the receive buffer: nothing released.
+    let mut now = t1;
+    for _ in 0..3 {
+        now += QUIET_AFTER;
+        gateway.handle_timeout(now);
+        drain(&mut gateway);
+    }
+    assert!(
+        released.lock().unwrap().is_empty(),
+        "a buffer holding out-of-order bytes was released"
+    );
+    // The hole is filled and everything taken: after a quiet second the pages go back.
+    gateway.handle_frame(
+        now,
+        &tcp_data_frame(to, TcpControl::Psh, 1101, Some(their_end), &[2; 100]),
+    );
+    let nat = gateway.nat_mut().unwrap();
+    let mut expected = vec![2; 100];
+    expected.extend([3; 100]);
+    assert_eq!(nat.tcp_recv(now, flow, 1 << 20), expected);
+    drain(&mut gateway);
+    let quiet_at = gateway.nat_mut().unwrap().poll_timeout().unwrap();
+    assert!(
+        quiet_at <= now + QUIET_AFTER,
+        "the check is armed: {quiet_at:?}"
+    );
+    gateway.handle_timeout(now + QUIET_AFTER);
+    let released = released.lock().unwrap().clone();
+    assert_eq!(released.len(), 2, "both buffers: {released:?}");
+    assert!(released.iter().all(|&(_, len)| len == 256 * 1024));
+    let nat = gateway.nat_mut().unwrap();
+    assert_eq!(nat.stats().buffer_bytes, 2 * 4096);
+    assert_eq!(nat.stats().buffer_releases, 1);
+    assert_eq!(budget.used(), 2 * 4096);
+    // The flow still works, into the released pages.
+    assert_eq!(nat.tcp_send(now + QUIET_AFTER, flow, b"again"), 5);
+    let (_, again) = parse_tcp(&one_frame(&mut gateway));
+    assert_eq!(again.seq_number.0 as u32, their_end);
 }
 
 /// Flows are charged for the buffer pages their bytes can have touched, not for the

@@ -86,6 +86,7 @@ pub(crate) struct GatewaySums {
     nat_timeouts: u64,
     dns_tcp_connections: u64,
     nat_buffer_bytes: u64,
+    nat_buffer_releases: u64,
     fragments: u64,
     fragments_reassembled: u64,
     fragment_drops: gateway::FragDropCounts,
@@ -152,6 +153,7 @@ impl GatewaySums {
             sums.nat_fragmented = n.fragmented;
             sums.dns_tcp_connections = n.dns_tcp_connections as u64;
             sums.nat_buffer_bytes = n.buffer_bytes as u64;
+            sums.nat_buffer_releases = n.buffer_releases;
         }
         sums
     }
@@ -171,6 +173,7 @@ impl GatewaySums {
         self.nat_bytes_in += other.nat_bytes_in;
         self.nat_connect_failed += other.nat_connect_failed;
         self.nat_timeouts += other.nat_timeouts;
+        self.nat_buffer_releases += other.nat_buffer_releases;
         self.fragments += other.fragments;
         self.fragments_reassembled += other.fragments_reassembled;
         self.fragment_drops.merge(&other.fragment_drops);
@@ -362,6 +365,11 @@ impl GatewaySums {
                 "nat_buffer_bytes",
                 "Bytes of TCP flow buffers (both ways) NAT flows hold from nat.buffer_budget_bytes",
                 self.nat_buffer_bytes as i64,
+            ),
+            Family::counter(
+                "nat_buffer_releases",
+                "Times a quiet TCP flow gave its buffers' pages back to the system",
+                self.nat_buffer_releases,
             ),
             Family::gauge(
                 "nat_host_tasks",

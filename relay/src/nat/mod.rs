@@ -11,6 +11,7 @@
 
 mod datagram;
 mod pacing;
+mod pages;
 mod tcp;
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ use tokio::task::AbortHandle;
 
 pub(crate) use datagram::PingMode;
 use datagram::{PingSocket, UdpFlow};
+pub(crate) use pages::release as release_pages;
 use tcp::{TcpFlow, push_to_vm};
 
 /// Bytes a host reader may have read ahead of smoltcp's send buffer.
