@@ -119,7 +119,7 @@ pub struct NatConfig {
     pub new_flows_per_sec: u32,
     pub tcp_idle_timeout: Duration,
     /// A VM that stops acknowledging (its tab closed mid-transfer) loses its connections
-    /// after this long; idle connections are probed (keep-alive) at the same interval.
+    /// after this long; idle connections are probed (keep-alive) every third of it.
     pub tcp_vm_timeout: Duration,
     /// Handshakes and half-closed connections.
     pub tcp_transitory_timeout: Duration,

@@ -349,7 +349,11 @@ impl Nat {
             u64::try_from(self.config.tcp_vm_timeout.as_micros()).unwrap_or(u64::MAX),
         );
         socket.set_timeout(Some(vm_timeout));
-        socket.set_keep_alive(Some(vm_timeout));
+        // smoltcp aborts `vm_timeout` after the VM's last packet, and probes `keep_alive`
+        // after its own: with both equal, a connection whose VM spoke last (the NAT's ACK
+        // followed) was reset just before its first probe. A third of it lets a live VM
+        // answer twice before the timeout, and a dead one still goes at `vm_timeout`.
+        socket.set_keep_alive(Some(vm_timeout / 3));
         socket.set_congestion_control(self.config.tcp_congestion.smoltcp());
         (socket, storage)
     }

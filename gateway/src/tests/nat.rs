@@ -480,3 +480,46 @@ fn nat_buffers_are_charged_by_the_bytes_through_them() {
     drop(other_lan);
     assert_eq!(budget.used(), 0, "a LAN that goes gives its charges back");
 }
+
+/// An idle connection whose VM answers every keep-alive lives on, however long it idles.
+/// The VM sends last (the NAT's ACK follows): smoltcp counts its timeout from the VM's last
+/// packet and its keep-alive from its own, so a probe as far apart as the timeout came
+/// after it and every such connection was reset a minute into its silence.
+#[test]
+fn nat_idle_connections_whose_vm_answers_keep_alives_live_on() {
+    let t0 = Instant::now();
+    let mut gateway = nat_gateway(t0);
+    let to = SocketAddrV4::new(INTERNET, 80);
+    let flow = open_tcp(&mut gateway, t0, to);
+    // The VM's request, taken by the driver; the NAT's delayed ACK goes out after it.
+    let ack = {
+        let nat = gateway.nat_mut().unwrap();
+        assert_eq!(nat.tcp_send(t0, flow, b"hello"), 5);
+        let (_, hello) = parse_tcp(&one_frame(&mut gateway));
+        (hello.seq_number + 5).0 as u32
+    };
+    gateway.handle_frame(
+        t0,
+        &tcp_data_frame(to, TcpControl::Psh, 1001, Some(ack), b"GET"),
+    );
+    assert_eq!(gateway.nat_mut().unwrap().tcp_recv(t0, flow, 100), b"GET");
+    let vm_timeout = NatConfig::default().tcp_vm_timeout;
+    let mut now = t0;
+    while now < t0 + 5 * vm_timeout {
+        now = gateway.poll_timeout().unwrap().max(now);
+        gateway.handle_timeout(now);
+        for frame in drain(&mut gateway) {
+            let (_, segment) = parse_tcp(&frame);
+            assert_ne!(
+                segment.control,
+                TcpControl::Rst,
+                "reset after {:?} of silence",
+                now - t0
+            );
+            // The VM answers each probe at once, as a live one does.
+            gateway.handle_frame(now, &tcp_frame(to, TcpControl::None, 1004, Some(ack)));
+        }
+    }
+    let nat = gateway.nat_mut().unwrap();
+    assert!(nat.tcp_status(flow).is_some(), "the flow is gone");
+}
