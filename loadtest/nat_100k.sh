@@ -45,27 +45,7 @@ make_internet
 # One echo server process per relay (each holds that many connections): TCP line echo on
 # 7003+k, UDP echo on 7103+k.
 for k in $(seq 0 $((relays - 1))); do
-  ip netns exec $inet python3 -c '
-import asyncio, sys
-port = int(sys.argv[1])
-async def echo(r, w):
-    try:
-        while True:
-            line = await r.readline()
-            if not line: break
-            w.write(line); await w.drain()
-    except Exception: pass
-    w.close()
-class Udp(asyncio.DatagramProtocol):
-    def connection_made(self, t): self.t = t
-    def datagram_received(self, d, a): self.t.sendto(d, a)
-async def main():
-    loop = asyncio.get_running_loop()
-    await loop.create_datagram_endpoint(Udp, local_addr=("0.0.0.0", port + 100))
-    s = await asyncio.start_server(echo, "0.0.0.0", port, backlog=4096)
-    await s.serve_forever()
-asyncio.run(main())
-' $((7003 + k)) & pids+=($!)
+  start_echo_server $((7003 + k)) $((7103 + k))
 done
 sleep 0.5
 
@@ -104,44 +84,23 @@ rss0=$(all_rss)
 # Each VM: open TCP flows round-robin over the echo servers and check them, say tcp-N; on
 # go-udp the same for UDP, say udp-N; on go-end echo on every flow again, print
 # "tcp_ok udp_ok" and exit (closing them all).
-client='
-import socket, sys, os, time
+client=$client_lib'
 d, n_tcp, n_udp, me, servers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-def wait(name):
-    while not os.path.exists(os.path.join(d, name)): time.sleep(0.2)
-def say(name): open(os.path.join(d, name), "w").close()
-def echo_tcp(s, i):
-    msg = b"flow %d %s\n" % (i, os.urandom(8).hex().encode())
-    try:
-        s.sendall(msg); got = b""
-        while len(got) < len(msg):
-            b = s.recv(100)
-            if not b: break
-            got += b
-        return got == msg
-    except OSError: return False
-def echo_udp(s, i):
-    msg = b"dgram %d %s" % (i, os.urandom(8).hex().encode())
-    for _ in range(5):
-        try:
-            s.sendto(msg, ("198.18.50.2", 7103 + i % servers))
-            if s.recv(100) == msg: return True
-        except OSError: pass
-    return False
+def udp_to(i): return ("198.18.50.2", 7103 + i % servers)
 tcp = []
 for i in range(n_tcp):
     for _ in range(3):
         try:
             tcp.append(socket.create_connection(("198.18.50.2", 7003 + i % servers), timeout=30)); break
         except OSError: time.sleep(0.5)
-ok_tcp = sum(echo_tcp(s, i) for i, s in enumerate(tcp))
-say("tcp-%s-%d" % (me, ok_tcp)); wait("go-udp")
+ok_tcp = sum(echo_tcp(s, line(i)) for i, s in enumerate(tcp))
+say(d, "tcp-%s-%d" % (me, ok_tcp)); wait(d, "go-udp")
 udp = []
 for i in range(n_udp):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2); udp.append(s)
-ok_udp = sum(echo_udp(s, i) for i, s in enumerate(udp))
-say("udp-%s-%d" % (me, ok_udp)); wait("go-end")
-print(sum(echo_tcp(s, i) for i, s in enumerate(tcp)), sum(echo_udp(s, i) for i, s in enumerate(udp)), flush=True)
+ok_udp = sum(echo_udp(s, dgram(i), udp_to(i)) for i, s in enumerate(udp))
+say(d, "udp-%s-%d" % (me, ok_udp)); wait(d, "go-end")
+print(sum(echo_tcp(s, line(i)) for i, s in enumerate(tcp)), sum(echo_udp(s, dgram(i), udp_to(i)) for i, s in enumerate(udp)), flush=True)
 for s in tcp + udp: s.close()
 '
 clients=()

@@ -78,3 +78,55 @@ iperf() { # ns, extra args -> "Gbit/s bytes"; up to 3 tries (the server may stil
   echo "iperf3 through $1 failed: $(python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("error", "no result"))' "$out" 2>/dev/null)" >&2
   return 1
 }
+
+# Line-echo servers for many flows, in the internet namespace: TCP on $1, UDP on $2.
+start_echo_server() {
+  ip netns exec $inet python3 -c '
+import asyncio, sys
+tcp_port, udp_port = int(sys.argv[1]), int(sys.argv[2])
+async def echo(r, w):
+    try:
+        while True:
+            line = await r.readline()
+            if not line: break
+            w.write(line); await w.drain()
+    except Exception: pass
+    w.close()
+class Udp(asyncio.DatagramProtocol):
+    def connection_made(self, t): self.t = t
+    def datagram_received(self, d, a): self.t.sendto(d, a)
+async def main():
+    loop = asyncio.get_running_loop()
+    await loop.create_datagram_endpoint(Udp, local_addr=("0.0.0.0", udp_port))
+    s = await asyncio.start_server(echo, "0.0.0.0", tcp_port, backlog=4096)
+    await s.serve_forever()
+asyncio.run(main())
+' "$1" "$2" & pids+=($!)
+}
+
+# What the VMs' flow clients share (Python, put before each client's own code): steps
+# signalled through files in a directory, and one echo on a TCP or UDP flow.
+client_lib='
+import socket, sys, os, time
+def wait(d, name):
+    while not os.path.exists(os.path.join(d, name)): time.sleep(0.2)
+def say(d, name): open(os.path.join(d, name), "w").close()
+def echo_tcp(s, msg):
+    try:
+        s.sendall(msg); got = b""
+        while len(got) < len(msg):
+            b = s.recv(65536)
+            if not b: break
+            got += b
+        return got == msg
+    except OSError: return False
+def echo_udp(s, msg, to):
+    for _ in range(5):
+        try:
+            s.sendto(msg, to)
+            if s.recv(100) == msg: return True
+        except OSError: pass
+    return False
+def line(i): return b"flow %d %s\n" % (i, os.urandom(8).hex().encode())
+def dgram(i): return b"dgram %d %s" % (i, os.urandom(8).hex().encode())
+'

@@ -40,26 +40,7 @@ trap 'cleanup; rm -rf "$sync_dir"' EXIT
 make_internet
 
 # Echo servers for many flows: TCP on 7003 (line echo), UDP on 7004.
-ip netns exec $inet python3 -c '
-import asyncio
-async def echo(r, w):
-    try:
-        while True:
-            line = await r.readline()
-            if not line: break
-            w.write(line); await w.drain()
-    except Exception: pass
-    w.close()
-class Udp(asyncio.DatagramProtocol):
-    def connection_made(self, t): self.t = t
-    def datagram_received(self, d, a): self.t.sendto(d, a)
-async def main():
-    loop = asyncio.get_running_loop()
-    await loop.create_datagram_endpoint(Udp, local_addr=("0.0.0.0", 7004))
-    s = await asyncio.start_server(echo, "0.0.0.0", 7003, backlog=4096)
-    await s.serve_forever()
-asyncio.run(main())
-' & pids+=($!)
+start_echo_server 7003 7004
 sleep 0.5
 
 conf=$sync_dir/relay.toml
@@ -86,54 +67,24 @@ rss0=$(rss_kib)
 
 # Each VM: open TCP flows and check them, say tcp-ready; on go-udp open UDP flows and check
 # them, say udp-ready; on go-end echo on every flow again and print "tcp_ok udp_ok".
-client='
-import socket, sys, os, time
-d, n_tcp, n_udp = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-def wait(name):
-    while not os.path.exists(os.path.join(d, name)): time.sleep(0.2)
-def say(name): open(os.path.join(d, name), "w").close()
-def echo_tcp(s, i):
-    msg = b"flow %d %s\n" % (i, os.urandom(8).hex().encode())
-    try:
-        s.sendall(msg); got = b""
-        while len(got) < len(msg):
-            b = s.recv(100)
-            if not b: break
-            got += b
-        return got == msg
-    except OSError: return False
-def echo_udp(s, i):
-    msg = b"dgram %d %s" % (i, os.urandom(8).hex().encode())
-    for _ in range(5):
-        try:
-            s.sendto(msg, ("198.18.50.2", 7004))
-            if s.recv(100) == msg: return True
-        except OSError: pass
-    return False
+client=$client_lib'
+d, n_tcp, n_udp, me, n_bulk = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+udp_to = ("198.18.50.2", 7004)
 tcp = []
 for i in range(n_tcp):
     try: tcp.append(socket.create_connection(("198.18.50.2", 7003), timeout=30))
     except OSError: pass
-ok_tcp = sum(echo_tcp(s, i) for i, s in enumerate(tcp))
-say("tcp-%s-%d" % (sys.argv[4], ok_tcp)); wait("go-udp")
+ok_tcp = sum(echo_tcp(s, line(i)) for i, s in enumerate(tcp))
+say(d, "tcp-%s-%d" % (me, ok_tcp)); wait(d, "go-udp")
 udp = []
 for i in range(n_udp):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2); udp.append(s)
-ok_udp = sum(echo_udp(s, i) for i, s in enumerate(udp))
-say("udp-%s-%d" % (sys.argv[4], ok_udp)); wait("go-bulk")
-def bulk_tcp(s, i):
-    msg = b"".join(b"%d %s\n" % (i, os.urandom(30 * 1024).hex().encode()) for _ in range(4))
-    try:
-        s.sendall(msg); got = b""
-        while len(got) < len(msg):
-            b = s.recv(65536)
-            if not b: break
-            got += b
-        return got == msg
-    except OSError: return False
-ok_bulk = sum(bulk_tcp(s, i) for i, s in enumerate(tcp[:int(sys.argv[5])]))
-say("bulk-%s-%d" % (sys.argv[4], ok_bulk)); wait("go-end")
-print(sum(echo_tcp(s, i) for i, s in enumerate(tcp)), sum(echo_udp(s, i) for i, s in enumerate(udp)))
+ok_udp = sum(echo_udp(s, dgram(i), udp_to) for i, s in enumerate(udp))
+say(d, "udp-%s-%d" % (me, ok_udp)); wait(d, "go-bulk")
+def bulk(i): return b"".join(b"%d %s\n" % (i, os.urandom(30 * 1024).hex().encode()) for _ in range(4))
+ok_bulk = sum(echo_tcp(s, bulk(i)) for i, s in enumerate(tcp[:n_bulk]))
+say(d, "bulk-%s-%d" % (me, ok_bulk)); wait(d, "go-end")
+print(sum(echo_tcp(s, line(i)) for i, s in enumerate(tcp)), sum(echo_udp(s, dgram(i), udp_to) for i, s in enumerate(udp)))
 '
 clients=()
 t0=$(date +%s.%N); c0=$(cpu_ticks)
