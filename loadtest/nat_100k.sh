@@ -108,12 +108,6 @@ t0=$(date +%s.%N); c0=$(all_cpu)
 for i in $(seq 1 $vms); do
   ip netns exec ${tag}-m$i python3 -c "$client" $sync_dir $tcp_per_vm $udp_per_vm $i $relays > $sync_dir/out-$i 2>&1 & clients+=($!)
 done
-wait_for() { # prefix -> sum of the counts once all VMs reported
-  for _ in $(seq 2400); do
-    [ "$(ls $sync_dir | grep -c "^$1-")" -ge $vms ] && break; sleep 0.25
-  done
-  ls $sync_dir | grep "^$1-" | awk -F- '{s += $3} END {print s + 0}'
-}
 tcp_ok=$(wait_for tcp)
 t1=$(date +%s.%N); c1=$(all_cpu)
 sleep 2

@@ -130,3 +130,12 @@ def echo_udp(s, msg, to):
 def line(i): return b"flow %d %s\n" % (i, os.urandom(8).hex().encode())
 def dgram(i): return b"dgram %d %s" % (i, os.urandom(8).hex().encode())
 '
+
+# Waits until $vms clients have said PREFIX-VM-COUNT in $sync_dir (at most 10 minutes);
+# prints the sum of the counts.
+wait_for() {
+  for _ in $(seq 2400); do
+    [ "$(ls $sync_dir | grep -c "^$1-")" -ge $vms ] && break; sleep 0.25
+  done
+  ls $sync_dir | grep "^$1-" | awk -F- '{s += $3} END {print s + 0}'
+}
