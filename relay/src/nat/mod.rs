@@ -327,6 +327,11 @@ impl NatHost {
             } => self.ping(flow, to, seq, &payload),
             NatAction::Close { flow } => {
                 self.flows.remove(&flow);
+                // The table keeps the room of its busiest moment; give most of it back
+                // once it is a quarter full (after as many closes as it has room).
+                if self.flows.capacity() > 64 && self.flows.len() < self.flows.capacity() / 4 {
+                    self.flows.shrink_to(self.flows.len() * 2);
+                }
                 if self.ping_flows.remove(&flow) && self.ping_flows.is_empty() {
                     self.ping = None;
                 }
