@@ -317,7 +317,7 @@ impl Nat {
         // This follows a poll of the flow, which did what was due: a deadline still in the
         // past would only spin.
         .map(|at| self.instant(at).max(self.last_now + MIN_TIMER));
-        let due = [smoltcp_at, self.quiet_due(flow)]
+        let due = [smoltcp_at, self.quiet_due(entry)]
             .into_iter()
             .flatten()
             .fold(idle_at, Instant::min);

@@ -19,7 +19,7 @@ use smoltcp::wire::{Ipv4Packet, TcpPacket, TcpSeqNumber};
 
 use super::Nat;
 use super::budget::{QUIET_AFTER, Storage, touched};
-use super::flows::{FlowId, FlowKind};
+use super::flows::{Flow, FlowId, FlowKind};
 use crate::emit::HEADROOM;
 
 /// What a TCP flow needs to know whether its buffers hold anything.
@@ -84,13 +84,12 @@ fn ack_number(packet: &[u8]) -> Option<TcpSeqNumber> {
 }
 
 impl Nat {
-    /// Whether `flow`'s pages are worth a check: bytes went through them since the last
+    /// When `entry`'s pages are worth a check: bytes went through them since the last
     /// release, and the driver can release pages.
-    pub(super) fn quiet_due(&self, flow: FlowId) -> Option<Instant> {
+    pub(super) fn quiet_due(&self, entry: &Flow) -> Option<Instant> {
         if !self.config.buffer_budget.releases_pages() {
             return None;
         }
-        let entry = self.flows.get(&flow)?;
         match &entry.kind {
             FlowKind::Tcp { through, quiet, .. } if *through != [0, 0] => {
                 Some(quiet.due(entry.last_active))
@@ -101,7 +100,11 @@ impl Nat {
 
     /// Releases `flow`'s buffer pages if it has been quiet long enough and holds no bytes.
     pub(super) fn release_if_quiet(&mut self, now: Instant, flow: FlowId) {
-        if self.quiet_due(flow).is_none_or(|due| now < due) {
+        let due = self
+            .flows
+            .get(&flow)
+            .and_then(|entry| self.quiet_due(entry));
+        if due.is_none_or(|due| now < due) {
             return;
         }
         let Some(FlowKind::Tcp {

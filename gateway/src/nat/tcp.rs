@@ -104,12 +104,12 @@ impl Nat {
         }
         let key = TcpKey { vm, remote };
         if let Some(&flow) = self.tcp_flows.get(&key) {
-            if let Some(FlowKind::Tcp { quiet, .. }) =
-                self.flows.get_mut(&flow).map(|f| &mut f.kind)
-            {
-                quiet.saw_from_vm(segment.seq_number + segment.segment_len());
+            if let Some(entry) = self.flows.get_mut(&flow) {
+                entry.last_active = now;
+                if let FlowKind::Tcp { quiet, .. } = &mut entry.kind {
+                    quiet.saw_from_vm(segment.seq_number + segment.segment_len());
+                }
             }
-            self.touch(flow, now);
             self.poll_flow(now, flow, Some(packet));
             self.mark_dirty(flow);
             self.reap_tcp(flow);
